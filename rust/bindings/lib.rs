@@ -1,0 +1,24 @@
+//! The Python extension `gradrs._core`: converts arguments, delegates to
+//! `gradrs-engine`, and converts results back. No autodiff logic lives here.
+
+mod fused;
+mod value;
+
+#[pyo3::pymodule(gil_used = false)]
+mod _core {
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
+    use crate::value::{
+        _capacity, _live_nodes, _restore_value, _set_detect_anomaly, _set_grad_enabled, is_grad_enabled,
+        AnomalyError, PyValue,
+    };
+
+    #[pymodule_export]
+    use crate::fused::{dot, sum};
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}

@@ -1,0 +1,488 @@
+//! `gradrs.Value`: a Python handle to one node of the shared arena.
+//!
+//! Every method converts its arguments, takes the arena's lock for pure-Rust work
+//! only, and builds Python objects after letting go of it (a Python allocation can
+//! run the garbage collector, which runs destructors, which must not find the lock
+//! held by their own thread).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use gradrs_engine::{EngineError, NodeId, Op, ARENA};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyFloat, PySet, PyTuple};
+
+pyo3::create_exception!(
+    gradrs,
+    AnomalyError,
+    PyRuntimeError,
+    "Raised inside `gradrs.detect_anomaly()` by the first op whose result or gradient is nan."
+);
+
+thread_local! {
+    /// Whether ops record nodes on this thread (`no_grad` turns it off), as
+    /// PyTorch keeps grad mode per thread.
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether `detect_anomaly()` is active; one relaxed load per op when it is not.
+static DETECT_ANOMALY: AtomicBool = AtomicBool::new(false);
+
+/// A scalar value and its gradient, recorded in the graph that produced it.
+#[pyclass(name = "Value", module = "gradrs", frozen, weakref, eq, hash)]
+#[derive(PartialEq, Eq, Hash)]
+pub struct PyValue {
+    pub(crate) id: NodeId,
+}
+
+impl Drop for PyValue {
+    fn drop(&mut self) {
+        ARENA.release_soon(self.id);
+    }
+}
+
+/// The other side of a binary operator: a node or a plain number.
+enum Operand {
+    Node(NodeId),
+    Number(f64),
+}
+
+/// `None` when `other` is neither a Value nor a real number, so the operator can
+/// return `NotImplemented` and let Python raise its usual TypeError.
+fn operand(other: &Bound<'_, PyAny>) -> Option<Operand> {
+    if let Ok(value) = other.cast_exact::<PyValue>() {
+        return Some(Operand::Node(value.get().id));
+    }
+    if let Ok(number) = other.cast_exact::<PyFloat>() {
+        return Some(Operand::Number(number.value()));
+    }
+    if let Ok(value) = other.cast::<PyValue>() {
+        return Some(Operand::Node(value.get().id));
+    }
+    other.extract::<f64>().ok().map(Operand::Number)
+}
+
+/// A real number from `obj`, or a TypeError naming what was given instead.
+pub(crate) fn real_number(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
+    if let Ok(number) = obj.cast_exact::<PyFloat>() {
+        return Ok(number.value());
+    }
+    if obj.is_instance_of::<PyValue>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a real number (int, float or numpy scalar), not Value; use v.data for its number"
+        )));
+    }
+    obj.extract::<f64>().map_err(|err| {
+        if err.is_instance_of::<pyo3::exceptions::PyOverflowError>(obj.py()) {
+            return err;
+        }
+        let type_name = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        PyTypeError::new_err(format!(
+            "{what} must be a real number (int, float or numpy scalar), not {type_name}"
+        ))
+    })
+}
+
+#[cold]
+pub(crate) fn engine_error(err: EngineError) -> PyErr {
+    match err {
+        EngineError::StaleHandle(_) => PyRuntimeError::new_err(err.to_string()),
+        EngineError::TooManyNodes => PyMemoryError::new_err(err.to_string()),
+        EngineError::NanGradient { .. } => AnomalyError::new_err(err.to_string()),
+        EngineError::WrongArity { .. } | EngineError::LengthMismatch { .. } => {
+            PyValueError::new_err(err.to_string())
+        }
+    }
+}
+
+pub(crate) fn grad_enabled() -> bool {
+    GRAD_ENABLED.with(Cell::get)
+}
+
+/// Wraps a node that already holds one reference for its new handle.
+pub(crate) fn wrap(py: Python<'_>, id: NodeId) -> PyResult<Py<PyAny>> {
+    // On failure the PyValue is dropped, which releases the reference.
+    Ok(Bound::new(py, PyValue { id })?.into_any().unbind())
+}
+
+/// Records `op` over `children` (or, under `no_grad`, just its value as a new
+/// leaf) and returns the handle. The one path every op takes.
+pub(crate) fn record(py: Python<'_>, op: Op, children: &[NodeId]) -> PyResult<Py<PyAny>> {
+    let id = {
+        let mut arena = ARENA.lock();
+        let id = if !grad_enabled() {
+            let data = arena.evaluate(&op, children).map_err(engine_error)?;
+            arena.leaf(data)
+        } else {
+            match *children {
+                [a] => arena.apply1(op, a),
+                [a, b] => arena.apply2(op, a, b),
+                _ => arena.apply(op, children),
+            }
+        }
+        .map_err(engine_error)?;
+        if DETECT_ANOMALY.load(Ordering::Relaxed) {
+            check_forward_nan(&mut arena, id, children)?;
+        }
+        id
+    };
+    wrap(py, id)
+}
+
+#[cold]
+fn check_forward_nan(arena: &mut gradrs_engine::Arena, id: NodeId, children: &[NodeId]) -> PyResult<()> {
+    let data = arena.data(id).map_err(engine_error)?;
+    let inputs: Vec<f64> = children.iter().filter_map(|&c| arena.data(c).ok()).collect();
+    if data.is_nan() && !inputs.iter().any(|x| x.is_nan()) {
+        let op = arena.op(id).map_err(engine_error)?.describe();
+        arena.release(id);
+        return Err(AnomalyError::new_err(format!(
+            "op '{op}' produced nan in the forward pass from inputs {inputs:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// A new leaf holding `data`.
+pub(crate) fn new_leaf(data: f64) -> PyResult<NodeId> {
+    ARENA.lock().leaf(data).map_err(engine_error)
+}
+
+/// The Python handles micrograd-style graph walkers see for children: one
+/// object per node while any of them is alive, so `id()`-keyed drawing code
+/// (the lecture's `draw_dot`) links edges to the same boxes it drew.
+static CANONICAL_HANDLES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn canonical_handle(py: Python<'_>, id: NodeId) -> PyResult<Py<PyAny>> {
+    let cache = CANONICAL_HANDLES
+        .get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(py
+                .import("weakref")?
+                .getattr("WeakValueDictionary")?
+                .call0()?
+                .unbind())
+        })?
+        .bind(py);
+    let key = (u64::from(id.gen) << 32) | u64::from(id.slot);
+    let found = cache.call_method1("get", (key,))?;
+    if !found.is_none() {
+        return Ok(found.unbind());
+    }
+    ARENA.lock().retain(id).map_err(engine_error)?;
+    let handle = wrap(py, id)?;
+    cache.set_item(key, handle.bind(py))?;
+    Ok(handle)
+}
+
+impl PyValue {
+    fn unary(&self, py: Python<'_>, op: Op) -> PyResult<Py<PyAny>> {
+        record(py, op, &[self.id])
+    }
+
+    /// `self ⊕ other`, with `on_number` giving the single-child op for a number.
+    fn binary(
+        &self,
+        other: &Bound<'_, PyAny>,
+        op: Op,
+        on_number: impl FnOnce(f64) -> Op,
+    ) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        match operand(other) {
+            Some(Operand::Node(b)) => record(py, op, &[self.id, b]),
+            Some(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
+            None => Ok(py.NotImplemented()),
+        }
+    }
+
+    /// `other ⊕ self` for a number `other` (Python tries `self.__rop__` only when
+    /// `other` is not a Value).
+    fn reflected(&self, other: &Bound<'_, PyAny>, on_number: impl FnOnce(f64) -> Op) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        match operand(other) {
+            Some(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
+            Some(Operand::Node(_)) | None => Ok(py.NotImplemented()),
+        }
+    }
+}
+
+#[pymethods]
+impl PyValue {
+    #[new]
+    #[pyo3(signature = (data, label = None))]
+    fn new(data: &Bound<'_, PyAny>, label: Option<String>) -> PyResult<Self> {
+        let data = real_number(data, "Value data")?;
+        let id = new_leaf(data)?;
+        if label.is_some() {
+            ARENA.lock().set_label(id, label).map_err(engine_error)?;
+        }
+        Ok(PyValue { id })
+    }
+
+    /// The number this Value holds.
+    #[getter]
+    fn get_data(&self) -> PyResult<f64> {
+        ARENA.lock().data(self.id).map_err(engine_error)
+    }
+
+    #[setter]
+    fn set_data(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let value = real_number(value, "Value.data")?;
+        ARENA.lock().set_data(self.id, value).map_err(engine_error)
+    }
+
+    /// d(output)/d(this Value) from the last `backward()`; accumulates on leaves.
+    #[getter]
+    fn get_grad(&self) -> PyResult<f64> {
+        ARENA.lock().grad(self.id).map_err(engine_error)
+    }
+
+    #[setter]
+    fn set_grad(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let value = real_number(value, "Value.grad")?;
+        ARENA.lock().set_grad(self.id, value).map_err(engine_error)
+    }
+
+    /// An optional name, shown in graph pictures.
+    #[getter]
+    fn get_label(&self) -> PyResult<String> {
+        let arena = ARENA.lock();
+        Ok(arena
+            .label(self.id)
+            .map_err(engine_error)?
+            .unwrap_or("")
+            .to_owned())
+    }
+
+    #[setter]
+    fn set_label(&self, label: Option<String>) -> PyResult<()> {
+        ARENA.lock().set_label(self.id, label).map_err(engine_error)
+    }
+
+    /// The op that produced this Value, as micrograd spells it ('' for a leaf).
+    #[getter]
+    fn _op(&self) -> PyResult<String> {
+        Ok(ARENA.lock().op(self.id).map_err(engine_error)?.symbol())
+    }
+
+    /// The op with any constant it holds (`'+ 2'`, `'/'`), for pictures.
+    #[getter]
+    fn _op_detail(&self) -> PyResult<String> {
+        Ok(ARENA.lock().op(self.id).map_err(engine_error)?.describe())
+    }
+
+    /// The Values this one was computed from, as a set (as in micrograd).
+    #[getter]
+    fn _prev<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
+        let children = ARENA.lock().children(self.id).map_err(engine_error)?;
+        let set = PySet::empty(py)?;
+        for child in children {
+            set.add(canonical_handle(py, child)?)?;
+        }
+        Ok(set)
+    }
+
+    /// The children in order, with repeats (`a * a` gives two).
+    #[getter]
+    fn _children<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let children = ARENA.lock().children(self.id).map_err(engine_error)?;
+        let handles = children
+            .into_iter()
+            .map(|child| canonical_handle(py, child))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyTuple::new(py, handles)
+    }
+
+    fn __add__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.binary(other, Op::Add, Op::AddScalar)
+    }
+
+    fn __radd__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.reflected(other, Op::AddScalar)
+    }
+
+    fn __sub__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.binary(other, Op::Sub, |c| Op::AddScalar(-c))
+    }
+
+    fn __rsub__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.reflected(other, Op::ScalarSub)
+    }
+
+    fn __mul__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.binary(other, Op::Mul, Op::MulScalar)
+    }
+
+    fn __rmul__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.reflected(other, Op::MulScalar)
+    }
+
+    fn __truediv__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.binary(other, Op::Div, Op::DivScalar)
+    }
+
+    fn __rtruediv__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.reflected(other, Op::ScalarDiv)
+    }
+
+    fn __pow__(&self, exponent: &Bound<'_, PyAny>, modulo: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        refuse_modulo(modulo)?;
+        self.binary(exponent, Op::Pow, Op::PowScalar)
+    }
+
+    fn __rpow__(&self, base: &Bound<'_, PyAny>, modulo: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        refuse_modulo(modulo)?;
+        self.reflected(base, Op::ScalarPow)
+    }
+
+    fn __neg__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.unary(py, Op::Neg)
+    }
+
+    /// max(0, x); its gradient at exactly 0 is 0, as in micrograd and PyTorch.
+    fn relu(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.unary(py, Op::Relu)
+    }
+
+    fn tanh(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.unary(py, Op::Tanh)
+    }
+
+    fn exp(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.unary(py, Op::Exp)
+    }
+
+    /// The natural logarithm (-inf at 0, nan below).
+    fn log(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.unary(py, Op::Log)
+    }
+
+    fn sigmoid(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.unary(py, Op::Sigmoid)
+    }
+
+    /// Fills `.grad` of every Value this one depends on with d(self)/d(that).
+    ///
+    /// Leaves accumulate across calls until reset (`p.grad = 0` or
+    /// `model.zero_grad()`); interior gradients are recomputed on each call.
+    fn backward(&self) -> PyResult<()> {
+        let check = DETECT_ANOMALY.load(Ordering::Relaxed);
+        ARENA
+            .lock()
+            .backward_checked(self.id, check)
+            .map_err(engine_error)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let (data, grad) = {
+            let arena = ARENA.lock();
+            (arena.data(self.id), arena.grad(self.id))
+        };
+        let data = PyFloat::new(py, data.map_err(engine_error)?).repr()?;
+        let grad = PyFloat::new(py, grad.map_err(engine_error)?).repr()?;
+        Ok(format!("Value(data={data}, grad={grad})"))
+    }
+
+    /// A copy is a new leaf with the same data, grad and label.
+    fn __copy__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let id = {
+            let mut arena = ARENA.lock();
+            let (data, grad) = (arena.data(self.id), arena.grad(self.id));
+            let label = arena.label(self.id).map_err(engine_error)?.map(str::to_owned);
+            let id = arena.leaf(data.map_err(engine_error)?).map_err(engine_error)?;
+            arena
+                .set_grad(id, grad.map_err(engine_error)?)
+                .map_err(engine_error)?;
+            arena.set_label(id, label).map_err(engine_error)?;
+            id
+        };
+        wrap(py, id)
+    }
+
+    fn __deepcopy__(&self, py: Python<'_>, _memo: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.__copy__(py)
+    }
+
+    /// Pickles as a leaf: data, grad and label (the graph is not saved).
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let (data, grad, label) = {
+            let arena = ARENA.lock();
+            (
+                arena.data(self.id).map_err(engine_error)?,
+                arena.grad(self.id).map_err(engine_error)?,
+                arena
+                    .label(self.id)
+                    .map_err(engine_error)?
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        };
+        let rebuild = py.import("gradrs._core")?.getattr("_restore_value")?;
+        PyTuple::new(py, [rebuild, (data, grad, label).into_pyobject(py)?.into_any()])
+    }
+
+    /// Makes numpy hand `ndarray * Value` to `Value.__rmul__` instead of
+    /// building an object array.
+    #[classattr]
+    fn __array_ufunc__(py: Python<'_>) -> Py<PyAny> {
+        py.None()
+    }
+}
+
+fn refuse_modulo(modulo: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    match modulo {
+        Some(m) if !m.is_none() => Err(PyTypeError::new_err(
+            "pow() with a modulus is not supported for Value",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Rebuilds a pickled Value as a leaf.
+#[pyfunction]
+#[pyo3(signature = (data, grad = 0.0, label = String::new()))]
+pub fn _restore_value(py: Python<'_>, data: f64, grad: f64, label: String) -> PyResult<Py<PyAny>> {
+    let id = {
+        let mut arena = ARENA.lock();
+        let id = arena.leaf(data).map_err(engine_error)?;
+        arena.set_grad(id, grad).map_err(engine_error)?;
+        arena.set_label(id, Some(label)).map_err(engine_error)?;
+        id
+    };
+    wrap(py, id)
+}
+
+/// Turns recording on or off for this thread; returns the previous setting.
+#[pyfunction]
+pub fn _set_grad_enabled(enabled: bool) -> bool {
+    GRAD_ENABLED.with(|flag| flag.replace(enabled))
+}
+
+/// Whether ops record a graph on this thread.
+#[pyfunction]
+pub fn is_grad_enabled() -> bool {
+    grad_enabled()
+}
+
+/// Turns anomaly detection on or off for the process; returns the previous setting.
+#[pyfunction]
+pub fn _set_detect_anomaly(enabled: bool) -> bool {
+    DETECT_ANOMALY.swap(enabled, Ordering::Relaxed)
+}
+
+/// The number of nodes alive in the arena.
+#[pyfunction]
+pub fn _live_nodes() -> usize {
+    ARENA.lock().live_nodes()
+}
+
+/// The number of slots the arena has allocated (live or free).
+#[pyfunction]
+pub fn _capacity() -> usize {
+    ARENA.lock().capacity()
+}

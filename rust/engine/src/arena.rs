@@ -1,0 +1,540 @@
+//! The arena: every node of every live graph, in one `Vec`, addressed by index.
+//!
+//! A node lives while something refers to it: each handle the user holds counts
+//! once, and each parent counts once per edge to it. When the count reaches zero
+//! the slot is freed, its children are released in turn (with a worklist, never
+//! recursion, so dropping a million-node chain is a loop), and the slot is reused.
+//! Every reuse bumps the slot's generation, so a stale [`NodeId`] is detected
+//! instead of silently reading someone else's node.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::op::{Arity, Op};
+
+/// A generational handle to a node: the slot index plus the generation the slot
+/// had when the node was created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId {
+    pub slot: u32,
+    pub gen: u32,
+}
+
+/// What can go wrong when using the arena. None of these can be caused by a
+/// correct program using valid handles, except `TooManyNodes`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineError {
+    /// The handle's node was freed (or never existed in this process).
+    StaleHandle(NodeId),
+    /// An op was given the wrong number of children.
+    WrongArity { op: String, got: usize },
+    /// The arena would exceed `u32::MAX` slots.
+    TooManyNodes,
+    /// A shape mismatch in a bulk operation.
+    LengthMismatch { expected: usize, got: usize },
+    /// Anomaly detection found a nan gradient.
+    NanGradient {
+        op: String,
+        inputs: Vec<f64>,
+        upstream: f64,
+    },
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::StaleHandle(id) => write!(
+                f,
+                "this Value refers to a node that no longer exists (slot {}, generation {}); \
+                 it may come from another process or a corrupted pickle",
+                id.slot, id.gen
+            ),
+            EngineError::WrongArity { op, got } => {
+                write!(f, "op '{op}' cannot take {got} operand(s)")
+            }
+            EngineError::TooManyNodes => write!(f, "the arena is full (2**32 - 1 live nodes)"),
+            EngineError::LengthMismatch { expected, got } => {
+                write!(f, "expected {expected} values, got {got}")
+            }
+            EngineError::NanGradient { op, inputs, upstream } => write!(
+                f,
+                "backward of op '{op}' produced nan (its inputs were {inputs:?}, \
+                 the gradient flowing into it was {upstream})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// A node's children, sized for the common cases so binary ops never allocate.
+#[derive(Clone, Debug, Default)]
+enum Children {
+    #[default]
+    None,
+    One(u32),
+    Two(u32, u32),
+    Many(Box<[u32]>),
+}
+
+impl Children {
+    fn from_slots(slots: &[u32]) -> Self {
+        match *slots {
+            [] => Children::None,
+            [a] => Children::One(a),
+            [a, b] => Children::Two(a, b),
+            _ => Children::Many(slots.into()),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<u32> {
+        match (self, i) {
+            (Children::One(a), 0) | (Children::Two(a, _), 0) => Some(*a),
+            (Children::Two(_, b), 1) => Some(*b),
+            (Children::Many(all), i) => all.get(i).copied(),
+            _ => None,
+        }
+    }
+
+    fn as_vec(&self) -> Vec<u32> {
+        match self {
+            Children::None => vec![],
+            Children::One(a) => vec![*a],
+            Children::Two(a, b) => vec![*a, *b],
+            Children::Many(all) => all.to_vec(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    data: f64,
+    grad: f64,
+    op: Op,
+    children: Children,
+    /// Handles plus parent edges referring to this node; 0 means the slot is free.
+    refs: u32,
+    gen: u32,
+    /// Traversal stamp: equal to the arena's epoch when visited in the current walk.
+    mark: u32,
+    labelled: bool,
+}
+
+impl Node {
+    fn vacant() -> Self {
+        Node {
+            data: 0.0,
+            grad: 0.0,
+            op: Op::Leaf,
+            children: Children::None,
+            refs: 0,
+            gen: 0,
+            mark: 0,
+            labelled: false,
+        }
+    }
+}
+
+/// A read-only view of one node, for bindings and tests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeView<'a> {
+    pub data: f64,
+    pub grad: f64,
+    pub op: &'a Op,
+}
+
+#[derive(Debug, Default)]
+pub struct Arena {
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    live: usize,
+    epoch: u32,
+    labels: BTreeMap<u32, String>,
+    /// Reused buffers, so that the hot paths do not allocate.
+    inputs: Vec<f64>,
+    worklist: Vec<u32>,
+}
+
+/// Slots kept allocated after the last node dies; beyond this the storage is
+/// returned to the allocator so one huge graph does not pin its memory forever.
+const KEEP_SLOTS_WHEN_EMPTY: usize = 1 << 16;
+
+impl Arena {
+    pub const fn new() -> Self {
+        Arena {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            epoch: 0,
+            labels: BTreeMap::new(),
+            inputs: Vec::new(),
+            worklist: Vec::new(),
+        }
+    }
+}
+
+impl Arena {
+    /// The number of nodes currently alive.
+    pub fn live_nodes(&self) -> usize {
+        self.live
+    }
+
+    /// The number of slots allocated, live or free.
+    pub fn capacity(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// A new leaf holding `data`, with one reference owned by the caller.
+    pub fn leaf(&mut self, data: f64) -> Result<NodeId> {
+        self.alloc(data, Op::Leaf, Children::None)
+    }
+
+    /// Applies `op` to `children`, computing the value now. The new node holds one
+    /// reference for the caller and one on each child per edge.
+    pub fn apply(&mut self, op: Op, children: &[NodeId]) -> Result<NodeId> {
+        let data = self.evaluate(&op, children)?;
+        let slots: Vec<u32> = children.iter().map(|c| c.slot).collect();
+        for &s in &slots {
+            self.nodes[s as usize].refs += 1;
+        }
+        self.alloc(data, op, Children::from_slots(&slots))
+    }
+
+    /// `op(a)` without allocating for the child list.
+    pub fn apply1(&mut self, op: Op, a: NodeId) -> Result<NodeId> {
+        let x = self.check(a)?.data;
+        if op.arity() != Arity::One {
+            return Err(wrong_arity(&op, 1));
+        }
+        let data = op.forward(&[x]);
+        self.nodes[a.slot as usize].refs += 1;
+        self.alloc(data, op, Children::One(a.slot))
+    }
+
+    /// `op(a, b)` without allocating for the child list.
+    pub fn apply2(&mut self, op: Op, a: NodeId, b: NodeId) -> Result<NodeId> {
+        let x = self.check(a)?.data;
+        let y = self.check(b)?.data;
+        if op.arity() != Arity::Two {
+            return Err(wrong_arity(&op, 2));
+        }
+        let data = op.forward(&[x, y]);
+        self.nodes[a.slot as usize].refs += 1;
+        self.nodes[b.slot as usize].refs += 1;
+        self.alloc(data, op, Children::Two(a.slot, b.slot))
+    }
+
+    /// The value `op` would give on `children`, without recording a node
+    /// (for `no_grad` evaluation).
+    pub fn evaluate(&mut self, op: &Op, children: &[NodeId]) -> Result<f64> {
+        if !op.accepts(children.len()) {
+            return Err(wrong_arity(op, children.len()));
+        }
+        let mut x = std::mem::take(&mut self.inputs);
+        x.clear();
+        for &c in children {
+            match self.check(c) {
+                Ok(node) => x.push(node.data),
+                Err(e) => {
+                    self.inputs = x;
+                    return Err(e);
+                }
+            }
+        }
+        let value = op.forward(&x);
+        self.inputs = x;
+        Ok(value)
+    }
+
+    fn alloc(&mut self, data: f64, op: Op, children: Children) -> Result<NodeId> {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = u32::try_from(self.nodes.len()).map_err(|_| EngineError::TooManyNodes)?;
+                if slot == u32::MAX {
+                    return Err(EngineError::TooManyNodes);
+                }
+                self.nodes.push(Node::vacant());
+                slot
+            }
+        };
+        let node = &mut self.nodes[slot as usize];
+        node.data = data;
+        node.grad = 0.0;
+        node.op = op;
+        node.children = children;
+        node.refs = 1;
+        self.live += 1;
+        Ok(NodeId { slot, gen: node.gen })
+    }
+
+    fn check(&self, id: NodeId) -> Result<&Node> {
+        match self.nodes.get(id.slot as usize) {
+            Some(node) if node.refs > 0 && node.gen == id.gen => Ok(node),
+            _ => Err(EngineError::StaleHandle(id)),
+        }
+    }
+
+    fn check_mut(&mut self, id: NodeId) -> Result<&mut Node> {
+        match self.nodes.get_mut(id.slot as usize) {
+            Some(node) if node.refs > 0 && node.gen == id.gen => Ok(node),
+            _ => Err(EngineError::StaleHandle(id)),
+        }
+    }
+
+    /// Whether `id` names a live node.
+    pub fn is_live(&self, id: NodeId) -> bool {
+        self.check(id).is_ok()
+    }
+
+    /// Adds a reference (a new handle to the same node).
+    pub fn retain(&mut self, id: NodeId) -> Result<()> {
+        let node = self.check_mut(id)?;
+        node.refs += 1;
+        Ok(())
+    }
+
+    /// Drops a reference; frees the node and, in turn, any children nothing else
+    /// refers to. A stale handle is ignored: releasing is called from destructors,
+    /// which have no way to report an error.
+    pub fn release(&mut self, id: NodeId) {
+        if self.check(id).is_err() {
+            return;
+        }
+        let mut work = std::mem::take(&mut self.worklist);
+        work.clear();
+        work.push(id.slot);
+        while let Some(slot) = work.pop() {
+            let node = &mut self.nodes[slot as usize];
+            node.refs -= 1;
+            if node.refs > 0 {
+                continue;
+            }
+            match std::mem::take(&mut node.children) {
+                Children::None => {}
+                Children::One(a) => work.push(a),
+                Children::Two(a, b) => work.extend([a, b]),
+                Children::Many(all) => work.extend_from_slice(&all),
+            }
+            node.gen = node.gen.wrapping_add(1);
+            node.op = Op::Leaf;
+            if node.labelled {
+                node.labelled = false;
+                self.labels.remove(&slot);
+            }
+            self.free.push(slot);
+            self.live -= 1;
+        }
+        self.worklist = work;
+        if self.live == 0 && self.nodes.len() > KEEP_SLOTS_WHEN_EMPTY {
+            self.shrink();
+        }
+    }
+
+    /// Returns the storage of an empty arena. Generations restart, which is safe
+    /// because no handle can exist while nothing is live.
+    fn shrink(&mut self) {
+        self.nodes = Vec::new();
+        self.free = Vec::new();
+        self.worklist = Vec::new();
+        self.labels = BTreeMap::new();
+    }
+
+    pub fn view(&self, id: NodeId) -> Result<NodeView<'_>> {
+        let node = self.check(id)?;
+        Ok(NodeView {
+            data: node.data,
+            grad: node.grad,
+            op: &node.op,
+        })
+    }
+
+    pub fn data(&self, id: NodeId) -> Result<f64> {
+        Ok(self.check(id)?.data)
+    }
+
+    pub fn grad(&self, id: NodeId) -> Result<f64> {
+        Ok(self.check(id)?.grad)
+    }
+
+    pub fn set_data(&mut self, id: NodeId, value: f64) -> Result<()> {
+        self.check_mut(id)?.data = value;
+        Ok(())
+    }
+
+    pub fn set_grad(&mut self, id: NodeId, value: f64) -> Result<()> {
+        self.check_mut(id)?.grad = value;
+        Ok(())
+    }
+
+    pub fn op(&self, id: NodeId) -> Result<&Op> {
+        Ok(&self.check(id)?.op)
+    }
+
+    /// The children of a node, in order, as handles (not retained: the caller
+    /// retains what it keeps).
+    pub fn children(&self, id: NodeId) -> Result<Vec<NodeId>> {
+        let node = self.check(id)?;
+        Ok(node
+            .children
+            .as_vec()
+            .into_iter()
+            .map(|slot| NodeId {
+                slot,
+                gen: self.nodes[slot as usize].gen,
+            })
+            .collect())
+    }
+
+    pub fn label(&self, id: NodeId) -> Result<Option<&str>> {
+        self.check(id)?;
+        Ok(self.labels.get(&id.slot).map(String::as_str))
+    }
+
+    pub fn set_label(&mut self, id: NodeId, label: Option<String>) -> Result<()> {
+        let node = self.check_mut(id)?;
+        match label {
+            Some(text) if !text.is_empty() => {
+                node.labelled = true;
+                self.labels.insert(id.slot, text);
+            }
+            _ => {
+                node.labelled = false;
+                self.labels.remove(&id.slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// The nodes reachable from `root`, children before parents (a post-order
+    /// of an explicit-stack depth-first search; each node appears once).
+    pub fn topological_order(&mut self, root: NodeId) -> Result<Vec<NodeId>> {
+        self.check(root)?;
+        Ok(self
+            .topo_slots(root.slot)
+            .into_iter()
+            .map(|slot| NodeId {
+                slot,
+                gen: self.nodes[slot as usize].gen,
+            })
+            .collect())
+    }
+
+    fn next_epoch(&mut self) -> u32 {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            for node in &mut self.nodes {
+                node.mark = 0;
+            }
+            self.epoch = 1;
+        }
+        self.epoch
+    }
+
+    fn topo_slots(&mut self, root: u32) -> Vec<u32> {
+        let epoch = self.next_epoch();
+        let mut order = Vec::new();
+        let mut stack: Vec<(u32, usize)> = vec![(root, 0)];
+        self.nodes[root as usize].mark = epoch;
+        while let Some(top) = stack.last_mut() {
+            let (slot, next) = *top;
+            match self.nodes[slot as usize].children.get(next) {
+                Some(child) => {
+                    top.1 += 1;
+                    let child_node = &mut self.nodes[child as usize];
+                    if child_node.mark != epoch {
+                        child_node.mark = epoch;
+                        stack.push((child, 0));
+                    }
+                }
+                None => {
+                    order.push(slot);
+                    stack.pop();
+                }
+            }
+        }
+        order
+    }
+
+    /// Back-propagates from `root`: resets the gradients of the interior nodes it
+    /// reaches, seeds `root` with 1, and accumulates into every node below it.
+    /// Leaves keep what earlier calls gave them, so a second call adds the same
+    /// amounts again (PyTorch's `retain_graph=True`), and interior gradients stay
+    /// readable afterwards, as the micrograd lecture reads them.
+    pub fn backward(&mut self, root: NodeId) -> Result<()> {
+        self.backward_checked(root, false)
+    }
+
+    /// [`Arena::backward`], optionally stopping at the first nan contribution
+    /// with [`EngineError::NanGradient`] naming the op that produced it.
+    pub fn backward_checked(&mut self, root: NodeId, stop_at_nan: bool) -> Result<()> {
+        self.check(root)?;
+        let order = self.topo_slots(root.slot);
+        for &slot in &order {
+            let node = &mut self.nodes[slot as usize];
+            if node.op != Op::Leaf {
+                node.grad = 0.0;
+            }
+        }
+        self.nodes[root.slot as usize].grad += 1.0;
+        let mut x = std::mem::take(&mut self.inputs);
+        let mut outcome = Ok(());
+        for &slot in order.iter().rev() {
+            let node = &mut self.nodes[slot as usize];
+            if node.op == Op::Leaf {
+                continue;
+            }
+            let (g, out) = (node.grad, node.data);
+            // Taken out for the loop, so that the children's grads can be updated.
+            let children = std::mem::take(&mut node.children);
+            x.clear();
+            match &children {
+                Children::None => {}
+                Children::One(a) => x.push(self.nodes[*a as usize].data),
+                Children::Two(a, b) => {
+                    x.push(self.nodes[*a as usize].data);
+                    x.push(self.nodes[*b as usize].data);
+                }
+                Children::Many(all) => x.extend(all.iter().map(|&c| self.nodes[c as usize].data)),
+            }
+            let op = &self.nodes[slot as usize].op;
+            let mut amounts = [0.0; 2];
+            let many: Vec<f64>;
+            let amounts: &[f64] = if x.len() <= 2 {
+                for (i, amount) in amounts.iter_mut().enumerate().take(x.len()) {
+                    *amount = op.local_grad(&x, out, i) * g;
+                }
+                &amounts[..x.len()]
+            } else {
+                many = (0..x.len()).map(|i| op.local_grad(&x, out, i) * g).collect();
+                &many
+            };
+            if stop_at_nan && amounts.iter().any(|a| a.is_nan()) {
+                outcome = Err(EngineError::NanGradient {
+                    op: op.describe(),
+                    inputs: x.clone(),
+                    upstream: g,
+                });
+                self.nodes[slot as usize].children = children;
+                break;
+            }
+            for (i, amount) in amounts.iter().enumerate() {
+                if let Some(child) = children.get(i) {
+                    self.nodes[child as usize].grad += amount;
+                }
+            }
+            self.nodes[slot as usize].children = children;
+        }
+        self.inputs = x;
+        outcome
+    }
+}
+
+fn wrong_arity(op: &Op, got: usize) -> EngineError {
+    EngineError::WrongArity {
+        op: op.describe(),
+        got,
+    }
+}

@@ -1,0 +1,13 @@
+//! gradrs-engine: a scalar reverse-mode autodiff engine over an arena of nodes.
+//!
+//! It knows nothing of Python. `op` is the calculus (one table of forward rules
+//! and local derivatives), `arena` stores nodes and back-propagates through
+//! them, and `shared` is the process-wide arena the Python binding uses.
+
+pub mod arena;
+pub mod op;
+pub mod shared;
+
+pub use arena::{Arena, EngineError, NodeId, NodeView};
+pub use op::Op;
+pub use shared::{SharedArena, ARENA};

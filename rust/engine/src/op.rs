@@ -1,0 +1,378 @@
+//! The op table: every operation the engine knows, with its forward rule and its
+//! local derivatives side by side.
+//!
+//! Adding an op means: a variant here, an arm in each `match` below (the compiler
+//! points at every one, as none has a catch-all), one line in the Python binding
+//! (`rust/bindings/value.rs`), one line in the type stub, and a test case.
+//!
+//! Floating point follows IEEE-754 the way PyTorch's float64 kernels do: results
+//! overflow to `inf` or become `nan` rather than raising, and the special cases
+//! PyTorch documents (the gradient of `x**0`, of `relu` at 0 and at nan) are
+//! reproduced, because `shared/golden/pytorch_cases.json` is our oracle.
+
+/// One operation. Ops that combine a node with a Python number keep the number
+/// inside the op (`AddScalar(2.0)`), so `x + 2` is one node, not two.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A value created by the user (a parameter or an input); it has no children.
+    Leaf,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// `a ** b` with a node as exponent.
+    Pow,
+    Neg,
+    /// `a + c`
+    AddScalar(f64),
+    /// `a * c`
+    MulScalar(f64),
+    /// `c - a`
+    ScalarSub(f64),
+    /// `a / c`
+    DivScalar(f64),
+    /// `c / a`
+    ScalarDiv(f64),
+    /// `a ** c`
+    PowScalar(f64),
+    /// `c ** a`
+    ScalarPow(f64),
+    Relu,
+    Tanh,
+    Exp,
+    Log,
+    Sigmoid,
+    /// The sum of any number of children, in order.
+    Sum,
+    /// `bias + w0*x0 + w1*x1 + ...` over children `[w0.., x0.., bias?]`:
+    /// the first half are weights, the second half inputs, and an odd
+    /// child count means the last child is a bias added first, as micrograd's
+    /// `sum((wi*xi for ...), self.b)` does.
+    Dot,
+}
+
+/// How many children an op takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arity {
+    Zero,
+    One,
+    Two,
+    /// Any number (`Sum`, `Dot`).
+    Many,
+}
+
+impl Op {
+    pub fn arity(&self) -> Arity {
+        match self {
+            Op::Leaf => Arity::Zero,
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow => Arity::Two,
+            Op::Neg
+            | Op::AddScalar(_)
+            | Op::MulScalar(_)
+            | Op::ScalarSub(_)
+            | Op::DivScalar(_)
+            | Op::ScalarDiv(_)
+            | Op::PowScalar(_)
+            | Op::ScalarPow(_)
+            | Op::Relu
+            | Op::Tanh
+            | Op::Exp
+            | Op::Log
+            | Op::Sigmoid => Arity::One,
+            Op::Sum | Op::Dot => Arity::Many,
+        }
+    }
+
+    /// Whether `n` children suit this op.
+    pub fn accepts(&self, n: usize) -> bool {
+        match self.arity() {
+            Arity::Zero => n == 0,
+            Arity::One => n == 1,
+            Arity::Two => n == 2,
+            Arity::Many => match self {
+                Op::Dot => n >= 1,
+                _ => true,
+            },
+        }
+    }
+
+    /// The op's value given its children's values `x`.
+    pub fn forward(&self, x: &[f64]) -> f64 {
+        match self {
+            Op::Leaf => f64::NAN,
+            Op::Add => x[0] + x[1],
+            Op::Sub => x[0] - x[1],
+            Op::Mul => x[0] * x[1],
+            Op::Div => x[0] / x[1],
+            Op::Pow => x[0].powf(x[1]),
+            Op::Neg => -x[0],
+            Op::AddScalar(c) => x[0] + c,
+            Op::MulScalar(c) => x[0] * c,
+            Op::ScalarSub(c) => c - x[0],
+            Op::DivScalar(c) => x[0] / c,
+            Op::ScalarDiv(c) => c / x[0],
+            Op::PowScalar(e) => x[0].powf(*e),
+            Op::ScalarPow(c) => c.powf(x[0]),
+            Op::Relu => relu(x[0]),
+            Op::Tanh => x[0].tanh(),
+            Op::Exp => x[0].exp(),
+            Op::Log => x[0].ln(),
+            Op::Sigmoid => sigmoid(x[0]),
+            Op::Sum => x.iter().fold(0.0, |acc, v| acc + v),
+            Op::Dot => {
+                let (w, xs, bias) = split_dot(x);
+                w.iter().zip(xs).fold(bias, |acc, (w, x)| acc + w * x)
+            }
+        }
+    }
+
+    /// The local derivative ∂out/∂x[i], given the children's values `x` and the
+    /// op's own value `out` (reused where the math allows, as for tanh and exp).
+    pub fn local_grad(&self, x: &[f64], out: f64, i: usize) -> f64 {
+        match self {
+            Op::Leaf => 0.0,
+            Op::Add => 1.0,
+            Op::Sub => [1.0, -1.0][i],
+            Op::Mul => x[1 - i],
+            Op::Div => match i {
+                0 => 1.0 / x[1],
+                _ => -x[0] / (x[1] * x[1]),
+            },
+            Op::Pow => match i {
+                0 => pow_base_grad(x[0], x[1]),
+                _ => pow_exponent_grad(x[0], x[1], out),
+            },
+            Op::Neg => -1.0,
+            Op::AddScalar(_) => 1.0,
+            Op::MulScalar(c) => *c,
+            Op::ScalarSub(_) => -1.0,
+            Op::DivScalar(c) => 1.0 / c,
+            Op::ScalarDiv(c) => -c / (x[0] * x[0]),
+            Op::PowScalar(e) => pow_base_grad(x[0], *e),
+            Op::ScalarPow(c) => pow_exponent_grad(*c, x[0], out),
+            // nan passes the gradient through, as PyTorch's threshold_backward does.
+            Op::Relu => {
+                if out <= 0.0 {
+                    0.0
+                } else {
+                    1.0
+                }
+            }
+            Op::Tanh => 1.0 - out * out,
+            Op::Exp => out,
+            Op::Log => 1.0 / x[0],
+            Op::Sigmoid => out * (1.0 - out),
+            Op::Sum => 1.0,
+            Op::Dot => {
+                let n = x.len() / 2;
+                if i == 2 * n {
+                    1.0 // the bias
+                } else if i < n {
+                    x[n + i]
+                } else {
+                    x[i - n]
+                }
+            }
+        }
+    }
+
+    /// The op string micrograd's `Value._op` gives. micrograd builds `-`, `/` and
+    /// negation from `+`, `*` and `**`, so those report the op at their top.
+    pub fn symbol(&self) -> String {
+        match self {
+            Op::Leaf => String::new(),
+            Op::Add | Op::AddScalar(_) | Op::Sub | Op::ScalarSub(_) | Op::Sum => "+".into(),
+            Op::Mul
+            | Op::MulScalar(_)
+            | Op::Div
+            | Op::DivScalar(_)
+            | Op::ScalarDiv(_)
+            | Op::Neg
+            | Op::Dot => "*".into(),
+            Op::Pow | Op::ScalarPow(_) => "**".into(),
+            Op::PowScalar(e) => format!("**{}", format_number(*e)),
+            Op::Relu => "ReLU".into(),
+            Op::Tanh => "tanh".into(),
+            Op::Exp => "exp".into(),
+            Op::Log => "log".into(),
+            Op::Sigmoid => "sigmoid".into(),
+        }
+    }
+
+    /// A fuller description for pictures and error messages, naming the real
+    /// operation and any constant it holds (`- 2`, `/`, `dot`).
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Leaf => "leaf".into(),
+            Op::Add => "+".into(),
+            Op::Sub => "-".into(),
+            Op::Mul => "*".into(),
+            Op::Div => "/".into(),
+            Op::Pow => "**".into(),
+            Op::Neg => "neg".into(),
+            Op::AddScalar(c) => format!("+ {}", format_number(*c)),
+            Op::MulScalar(c) => format!("* {}", format_number(*c)),
+            Op::ScalarSub(c) => format!("{} -", format_number(*c)),
+            Op::DivScalar(c) => format!("/ {}", format_number(*c)),
+            Op::ScalarDiv(c) => format!("{} /", format_number(*c)),
+            Op::PowScalar(e) => format!("**{}", format_number(*e)),
+            Op::ScalarPow(c) => format!("{} **", format_number(*c)),
+            Op::Relu => "ReLU".into(),
+            Op::Tanh => "tanh".into(),
+            Op::Exp => "exp".into(),
+            Op::Log => "log".into(),
+            Op::Sigmoid => "sigmoid".into(),
+            Op::Sum => "sum".into(),
+            Op::Dot => "dot".into(),
+        }
+    }
+}
+
+/// `relu` that lets nan through (`f64::max` would turn nan into 0) and keeps -0.0.
+fn relu(a: f64) -> f64 {
+    if a < 0.0 {
+        0.0
+    } else {
+        a
+    }
+}
+
+/// A sigmoid that never computes `exp` of a large positive number, so both tails
+/// are exact (0 and 1) and their gradients 0, not nan.
+fn sigmoid(a: f64) -> f64 {
+    if a >= 0.0 {
+        1.0 / (1.0 + (-a).exp())
+    } else {
+        let e = a.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// ∂(a^e)/∂a. PyTorch defines it as 0 when the exponent is 0 (the naive
+/// `0 * a^-1` would be nan at a = 0).
+fn pow_base_grad(a: f64, e: f64) -> f64 {
+    if e == 0.0 {
+        0.0
+    } else {
+        e * a.powf(e - 1.0)
+    }
+}
+
+/// ∂(a^e)/∂e = a^e·ln a. PyTorch masks it to 0 where a = 0 and e >= 0.
+fn pow_exponent_grad(a: f64, e: f64, out: f64) -> f64 {
+    if a == 0.0 && e >= 0.0 {
+        0.0
+    } else {
+        out * a.ln()
+    }
+}
+
+/// Splits a `Dot` node's inputs into weights, inputs and the bias (0 if none).
+fn split_dot(x: &[f64]) -> (&[f64], &[f64], f64) {
+    let n = x.len() / 2;
+    let bias = if x.len() % 2 == 1 { x[2 * n] } else { 0.0 };
+    (&x[..n], &x[n..2 * n], bias)
+}
+
+/// Formats a number as Python's `str` would for the common cases: integral
+/// values without a fractional part (`**2`, as micrograd prints an int exponent).
+pub fn format_number(v: f64) -> String {
+    if v.is_finite() && v == v.trunc() && v.abs() < 1e16 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every op with a sample of inputs inside its smooth domain.
+    fn smooth_cases() -> Vec<(Op, Vec<f64>)> {
+        vec![
+            (Op::Add, vec![0.7, -1.3]),
+            (Op::Sub, vec![0.7, -1.3]),
+            (Op::Mul, vec![0.7, -1.3]),
+            (Op::Div, vec![0.7, -1.3]),
+            (Op::Pow, vec![1.7, 1.3]),
+            (Op::Neg, vec![0.4]),
+            (Op::AddScalar(2.5), vec![0.4]),
+            (Op::MulScalar(-3.0), vec![0.4]),
+            (Op::ScalarSub(1.0), vec![0.4]),
+            (Op::DivScalar(4.0), vec![0.4]),
+            (Op::ScalarDiv(2.0), vec![0.4]),
+            (Op::PowScalar(3.0), vec![0.4]),
+            (Op::PowScalar(-1.5), vec![0.8]),
+            (Op::ScalarPow(2.0), vec![0.4]),
+            (Op::Relu, vec![0.4]),
+            (Op::Relu, vec![-0.4]),
+            (Op::Tanh, vec![0.4]),
+            (Op::Exp, vec![0.4]),
+            (Op::Log, vec![0.4]),
+            (Op::Sigmoid, vec![0.4]),
+            (Op::Sigmoid, vec![-2.4]),
+            (Op::Sum, vec![0.4, -1.0, 2.0, 0.5]),
+            (Op::Dot, vec![0.4, -1.0, 2.0, 0.5]),
+            (Op::Dot, vec![0.4, -1.0, 2.0, 0.5, 0.25]),
+        ]
+    }
+
+    #[test]
+    fn local_grads_match_central_differences() {
+        let h = 1e-6;
+        for (op, x) in smooth_cases() {
+            assert!(op.accepts(x.len()), "{op:?} does not take {} inputs", x.len());
+            let out = op.forward(&x);
+            for i in 0..x.len() {
+                let mut up = x.clone();
+                let mut down = x.clone();
+                up[i] += h;
+                down[i] -= h;
+                let numeric = (op.forward(&up) - op.forward(&down)) / (2.0 * h);
+                let analytic = op.local_grad(&x, out, i);
+                let err = (numeric - analytic).abs() / analytic.abs().max(1.0);
+                assert!(
+                    err < 1e-6,
+                    "{op:?} input {i}: numeric {numeric}, analytic {analytic}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ieee_edge_cases_follow_pytorch() {
+        assert_eq!(Op::PowScalar(-1.0).forward(&[0.0]), f64::INFINITY);
+        assert_eq!(Op::PowScalar(0.0).local_grad(&[0.0], 1.0, 0), 0.0);
+        assert_eq!(Op::Tanh.forward(&[1000.0]), 1.0);
+        assert_eq!(Op::Tanh.local_grad(&[1000.0], 1.0, 0), 0.0);
+        assert!(Op::Relu.forward(&[f64::NAN]).is_nan());
+        assert_eq!(Op::Relu.local_grad(&[f64::NAN], f64::NAN, 0), 1.0);
+        assert_eq!(Op::Relu.local_grad(&[0.0], 0.0, 0), 0.0);
+        assert_eq!(Op::Sigmoid.forward(&[-800.0]), 0.0);
+        assert_eq!(Op::Sigmoid.forward(&[800.0]), 1.0);
+        assert_eq!(Op::Sigmoid.local_grad(&[-800.0], 0.0, 0), 0.0);
+        assert_eq!(Op::Log.forward(&[0.0]), f64::NEG_INFINITY);
+        assert_eq!(Op::Log.local_grad(&[0.0], f64::NEG_INFINITY, 0), f64::INFINITY);
+        assert!(Op::PowScalar(0.5).forward(&[-1.0]).is_nan());
+        assert_eq!(Op::Exp.forward(&[710.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn dot_sums_in_micrograds_order() {
+        // bias first, then each product in turn: ((b + w0x0) + w1x1)
+        let x = [0.1, 0.2, 0.3, 0.4, 0.5];
+        assert_eq!(Op::Dot.forward(&x), (0.5 + 0.1 * 0.3) + 0.2 * 0.4);
+    }
+
+    #[test]
+    fn symbols_are_micrograds() {
+        assert_eq!(Op::Add.symbol(), "+");
+        assert_eq!(Op::MulScalar(2.0).symbol(), "*");
+        assert_eq!(Op::PowScalar(2.0).symbol(), "**2");
+        assert_eq!(Op::PowScalar(-1.0).symbol(), "**-1");
+        assert_eq!(Op::PowScalar(0.5).symbol(), "**0.5");
+        assert_eq!(Op::Relu.symbol(), "ReLU");
+        assert_eq!(Op::Leaf.symbol(), "");
+    }
+}

@@ -1,0 +1,46 @@
+"""Shared helpers: the PyTorch golden cases and a guard against silent failures."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The project's shared references sit beside the clone; a copy ships in tests/data
+# so the suite also runs from a lone checkout.
+GOLDEN_PLACES = [
+    REPO.parent / "shared" / "golden" / "pytorch_cases.json",
+    REPO / "tests" / "data" / "pytorch_cases.json",
+]
+
+
+def load_golden() -> dict:
+    for place in GOLDEN_PLACES:
+        if place.exists():
+            return json.loads(place.read_text())
+    raise FileNotFoundError(f"no pytorch_cases.json in {GOLDEN_PLACES}")
+
+
+def close(actual: float, expected: float, rel: float = 1e-9, abs_: float = 1e-9) -> bool:
+    if math.isnan(expected):
+        return math.isnan(actual)
+    if math.isinf(expected):
+        return actual == expected
+    return abs(actual - expected) <= max(abs_, rel * abs(expected))
+
+
+@pytest.fixture(autouse=True)
+def no_unraisable_exceptions():
+    """A panic or error inside a destructor only reaches sys.unraisablehook; fail on it."""
+    seen = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+    assert not seen, f"unraisable exception(s) during the test: {[str(s.exc_value) for s in seen]}"
