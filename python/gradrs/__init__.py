@@ -7,6 +7,7 @@ Rust core that frees each graph as soon as nothing refers to it.
 
 from gradrs._core import (
     AnomalyError,
+    ParamGroup,
     Value,
     __version__,
     _live_nodes,
@@ -14,13 +15,18 @@ from gradrs._core import (
     is_grad_enabled,
     sum,
 )
+from gradrs.bulk import data_of, grad_of, leaves
 
 __all__ = [
     "AnomalyError",
+    "ParamGroup",
     "Value",
     "__version__",
+    "data_of",
     "dot",
+    "grad_of",
     "is_grad_enabled",
+    "leaves",
     "live_nodes",
     "sum",
 ]

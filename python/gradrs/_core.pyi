@@ -3,12 +3,15 @@
 from collections.abc import Iterable
 from typing import Any, SupportsFloat, SupportsIndex, final
 
+import numpy as np
+import numpy.typing as npt
 from typing_extensions import TypeAlias
 
 _Number: TypeAlias = SupportsFloat | SupportsIndex
 
 __all__ = [
     "AnomalyError",
+    "ParamGroup",
     "Value",
     "_capacity",
     "_live_nodes",
@@ -18,6 +21,7 @@ __all__ = [
     "is_grad_enabled",
     "dot",
     "sum",
+    "leaves",
     "__version__",
 ]
 
@@ -87,3 +91,37 @@ def _set_detect_anomaly(enabled: bool) -> bool: ...
 def _live_nodes() -> int: ...
 def _capacity() -> int: ...
 def _restore_value(data: float, grad: float = 0.0, label: str = ...) -> Value: ...
+def leaves(array: npt.NDArray[np.float64]) -> list[Value]: ...
+
+@final
+class ParamGroup:
+    """A fixed list of Values handled as one float64 array."""
+
+    def __new__(cls, values: Iterable[Value]) -> ParamGroup: ...
+    def __len__(self) -> int: ...
+    def values(self) -> list[Value]: ...
+    def data(self) -> npt.NDArray[np.float64]: ...
+    def grad(self) -> npt.NDArray[np.float64]: ...
+    def set_data(self, values: npt.NDArray[np.float64]) -> None: ...
+    def set_grad(self, values: npt.NDArray[np.float64]) -> None: ...
+    def zero_grad(self) -> None: ...
+    def sgd_step(
+        self,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        velocity: npt.NDArray[np.float64],
+        nesterov: bool = False,
+    ) -> None: ...
+    def adam_step(
+        self,
+        step: int,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float,
+        decoupled: bool,
+        m: npt.NDArray[np.float64],
+        v: npt.NDArray[np.float64],
+    ) -> None: ...

@@ -1,6 +1,7 @@
 //! The Python extension `gradrs._core`: converts arguments, delegates to
 //! `gradrs-engine`, and converts results back. No autodiff logic lives here.
 
+mod bulk;
 mod fused;
 mod value;
 
@@ -16,6 +17,9 @@ mod _core {
 
     #[pymodule_export]
     use crate::fused::{dot, sum};
+
+    #[pymodule_export]
+    use crate::bulk::{leaves, ParamGroup};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -369,6 +369,44 @@ impl Arena {
         Ok(())
     }
 
+    /// The data of many nodes, in order.
+    pub fn data_of(&self, ids: &[NodeId]) -> Result<Vec<f64>> {
+        ids.iter().map(|&id| self.data(id)).collect()
+    }
+
+    /// The gradients of many nodes, in order.
+    pub fn grad_of(&self, ids: &[NodeId]) -> Result<Vec<f64>> {
+        ids.iter().map(|&id| self.grad(id)).collect()
+    }
+
+    /// Sets the data of many nodes; nothing changes unless every handle is live.
+    pub fn set_data_of(&mut self, ids: &[NodeId], values: &[f64]) -> Result<()> {
+        self.check_all(ids, values.len())?;
+        for (&id, &v) in ids.iter().zip(values) {
+            self.nodes[id.slot as usize].data = v;
+        }
+        Ok(())
+    }
+
+    /// Sets the gradients of many nodes; nothing changes unless every handle is live.
+    pub fn set_grad_of(&mut self, ids: &[NodeId], values: &[f64]) -> Result<()> {
+        self.check_all(ids, values.len())?;
+        for (&id, &v) in ids.iter().zip(values) {
+            self.nodes[id.slot as usize].grad = v;
+        }
+        Ok(())
+    }
+
+    fn check_all(&self, ids: &[NodeId], len: usize) -> Result<()> {
+        if ids.len() != len {
+            return Err(EngineError::LengthMismatch {
+                expected: ids.len(),
+                got: len,
+            });
+        }
+        ids.iter().try_for_each(|&id| self.check(id).map(|_| ()))
+    }
+
     pub fn op(&self, id: NodeId) -> Result<&Op> {
         Ok(&self.check(id)?.op)
     }

@@ -1,0 +1,194 @@
+//! numpy in bulk: many leaves from one array, and a parameter group whose data
+//! and gradients move to and from numpy, and are updated by an optimizer, in one
+//! call each.
+
+use gradrs_engine::optim::{Adam, Sgd};
+use gradrs_engine::{NodeId, ARENA};
+use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use crate::value::{engine_error, wrap, PyValue};
+
+/// One new leaf Value per element of a 1-d float64 array.
+#[pyfunction]
+pub fn leaves<'py>(py: Python<'py>, array: PyReadonlyArray1<'py, f64>) -> PyResult<Bound<'py, PyList>> {
+    let values = array.as_array();
+    let ids = {
+        let mut arena = ARENA.lock();
+        values
+            .iter()
+            .map(|&v| arena.leaf(v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(engine_error)?
+    };
+    let handles = ids
+        .into_iter()
+        .map(|id| wrap(py, id))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, handles)
+}
+
+/// A fixed list of Values (typically a model's parameters) handled as one array.
+#[pyclass(module = "gradrs", frozen)]
+pub struct ParamGroup {
+    ids: Vec<NodeId>,
+}
+
+impl Drop for ParamGroup {
+    fn drop(&mut self) {
+        for &id in &self.ids {
+            ARENA.release_soon(id);
+        }
+    }
+}
+
+fn slice_of<'a>(array: &'a PyReadonlyArray1<'_, f64>, expected: usize) -> PyResult<&'a [f64]> {
+    let slice = array
+        .as_slice()
+        .map_err(|_| PyValueError::new_err("the array must be contiguous"))?;
+    check_len(expected, slice.len())?;
+    Ok(slice)
+}
+
+fn check_len(expected: usize, got: usize) -> PyResult<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!(
+            "expected an array of {expected} float64 values (one per parameter), got {got}"
+        )))
+    }
+}
+
+fn state<'a>(
+    array: &'a mut PyReadwriteArray1<'_, f64>,
+    expected: usize,
+    name: &str,
+) -> PyResult<&'a mut [f64]> {
+    let slice = array
+        .as_slice_mut()
+        .map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous float64 array")))?;
+    check_len(expected, slice.len())?;
+    Ok(slice)
+}
+
+#[pymethods]
+impl ParamGroup {
+    #[new]
+    fn new(values: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let ids = values
+            .try_iter()?
+            .map(|item| Ok(item?.cast::<PyValue>()?.get().id))
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut arena = ARENA.lock();
+        for (n, &id) in ids.iter().enumerate() {
+            if let Err(err) = arena.retain(id) {
+                for &done in &ids[..n] {
+                    arena.release(done);
+                }
+                return Err(engine_error(err));
+            }
+        }
+        Ok(ParamGroup { ids })
+    }
+
+    fn __len__(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The Values, in order.
+    fn values(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        {
+            let mut arena = ARENA.lock();
+            for &id in &self.ids {
+                arena.retain(id).map_err(engine_error)?;
+            }
+        }
+        self.ids.iter().map(|&id| wrap(py, id)).collect()
+    }
+
+    /// A copy of every Value's data.
+    fn data<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let data = ARENA.lock().data_of(&self.ids).map_err(engine_error)?;
+        Ok(PyArray1::from_vec(py, data))
+    }
+
+    /// A copy of every Value's gradient.
+    fn grad<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let grad = ARENA.lock().grad_of(&self.ids).map_err(engine_error)?;
+        Ok(PyArray1::from_vec(py, grad))
+    }
+
+    fn set_data(&self, values: PyReadonlyArray1<'_, f64>) -> PyResult<()> {
+        let values = slice_of(&values, self.ids.len())?;
+        ARENA.lock().set_data_of(&self.ids, values).map_err(engine_error)
+    }
+
+    fn set_grad(&self, values: PyReadonlyArray1<'_, f64>) -> PyResult<()> {
+        let values = slice_of(&values, self.ids.len())?;
+        ARENA.lock().set_grad_of(&self.ids, values).map_err(engine_error)
+    }
+
+    fn zero_grad(&self) -> PyResult<()> {
+        let zeros = vec![0.0; self.ids.len()];
+        ARENA.lock().set_grad_of(&self.ids, &zeros).map_err(engine_error)
+    }
+
+    /// One `torch.optim.SGD` step; `velocity` (zeros at first) is updated in place.
+    #[pyo3(signature = (lr, momentum, weight_decay, velocity, nesterov = false))]
+    fn sgd_step(
+        &self,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        mut velocity: PyReadwriteArray1<'_, f64>,
+        nesterov: bool,
+    ) -> PyResult<()> {
+        let velocity = state(&mut velocity, self.ids.len(), "velocity")?;
+        let sgd = Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            nesterov,
+        };
+        let mut arena = ARENA.lock();
+        let mut data = arena.data_of(&self.ids).map_err(engine_error)?;
+        let grad = arena.grad_of(&self.ids).map_err(engine_error)?;
+        sgd.step(&mut data, &grad, velocity);
+        arena.set_data_of(&self.ids, &data).map_err(engine_error)
+    }
+
+    /// One `torch.optim.Adam` (or, with `decoupled`, `AdamW`) step number `step`
+    /// (1-based); the moment arrays `m` and `v` (zeros at first) are updated in place.
+    #[allow(clippy::too_many_arguments)]
+    fn adam_step(
+        &self,
+        step: u64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        decoupled: bool,
+        mut m: PyReadwriteArray1<'_, f64>,
+        mut v: PyReadwriteArray1<'_, f64>,
+    ) -> PyResult<()> {
+        let m = state(&mut m, self.ids.len(), "m")?;
+        let v = state(&mut v, self.ids.len(), "v")?;
+        let adam = Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            decoupled,
+        };
+        let mut arena = ARENA.lock();
+        let mut data = arena.data_of(&self.ids).map_err(engine_error)?;
+        let grad = arena.grad_of(&self.ids).map_err(engine_error)?;
+        adam.step(step, &mut data, &grad, m, v);
+        arena.set_data_of(&self.ids, &data).map_err(engine_error)
+    }
+}
