@@ -138,3 +138,12 @@ def test_fused_sum_and_dot():
     assert s.data == 3.5
     with pytest.raises(ValueError, match="as many inputs as weights"):
         gradrs.dot(ws, [1.0])
+
+
+def test_fused_ops_keep_generator_temporaries_alive():
+    ps = [Value(float(i)) for i in range(5)]
+    s = gradrs.sum(p * 2 for p in ps)
+    d = gradrs.dot((p * 1 for p in ps), (p + 0 for p in ps))
+    assert s.data == 20.0 and d.data == sum(i * i for i in range(5))
+    group = gradrs.ParamGroup(p * 1 for p in ps)
+    assert list(group.data()) == [0.0, 1.0, 2.0, 3.0, 4.0]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from gradrs import _core
 from gradrs._core import ParamGroup, Value
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["ParamGroup", "data_of", "grad_of", "leaves"]
 
@@ -19,6 +20,8 @@ def leaves(array: Any) -> Any:
     ``leaves(X)`` for an ``(n, 2)`` array gives ``n`` lists of two Values, built in one
     call into the engine. A 0-d array gives a single Value.
     """
+    import numpy as np  # numpy is imported on first use, so `import gradrs` stays light
+
     arr = np.asarray(array, dtype=np.float64)
     flat = _core.leaves(np.ascontiguousarray(arr.reshape(-1)))
     if arr.ndim == 0:

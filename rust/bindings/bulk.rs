@@ -78,9 +78,12 @@ fn state<'a>(
 impl ParamGroup {
     #[new]
     fn new(values: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let ids = values
-            .try_iter()?
-            .map(|item| Ok(item?.cast::<PyValue>()?.get().id))
+        // Hold every object until the nodes are retained: a generator's temporary
+        // Values would otherwise free their nodes in between.
+        let objects = values.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+        let ids = objects
+            .iter()
+            .map(|item| Ok(item.cast::<PyValue>()?.get().id))
             .collect::<PyResult<Vec<_>>>()?;
         let mut arena = ARENA.lock();
         for (n, &id) in ids.iter().enumerate() {

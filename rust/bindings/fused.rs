@@ -13,17 +13,23 @@ enum Term {
     Number(f64),
 }
 
-fn terms(items: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<Term>> {
-    items
-        .try_iter()?
-        .map(|item| {
-            let item = item?;
-            match item.cast::<PyValue>() {
-                Ok(value) => Ok(Term::Node(value.get().id)),
-                Err(_) => real_number(&item, what).map(Term::Number),
-            }
-        })
-        .collect()
+/// The terms of `items`, with the Python objects they came from: those must stay
+/// alive until the node is recorded, or a temporary Value yielded by a generator
+/// could free its node in between.
+fn terms<'py>(items: &Bound<'py, PyAny>, what: &str) -> PyResult<(Vec<Term>, Vec<Bound<'py, PyAny>>)> {
+    let objects = items.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+    let terms = objects
+        .iter()
+        .map(|item| single_term(item, what))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok((terms, objects))
+}
+
+fn single_term(item: &Bound<'_, PyAny>, what: &str) -> PyResult<Term> {
+    match item.cast::<PyValue>() {
+        Ok(value) => Ok(Term::Node(value.get().id)),
+        Err(_) => real_number(item, what).map(Term::Number),
+    }
 }
 
 /// Records `op` over `terms`, turning numbers into leaves held only by the new node.
@@ -61,14 +67,10 @@ pub fn sum(
     values: &Bound<'_, PyAny>,
     start: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
-    let mut all = Vec::new();
+    let (mut all, _keep_alive) = terms(values, "sum() items")?;
     if let Some(start) = start {
-        all.extend(terms(
-            &pyo3::types::PyTuple::new(py, [start])?.into_any(),
-            "sum() start",
-        )?);
+        all.insert(0, single_term(start, "sum() start")?);
     }
-    all.extend(terms(values, "sum() items")?);
     record_terms(py, Op::Sum, &all)
 }
 
@@ -81,9 +83,10 @@ pub fn dot(
     inputs: &Bound<'_, PyAny>,
     bias: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
-    let mut all = terms(weights, "dot() weights")?;
+    let (mut all, _keep_weights) = terms(weights, "dot() weights")?;
     let n = all.len();
-    all.extend(terms(inputs, "dot() inputs")?);
+    let (input_terms, _keep_inputs) = terms(inputs, "dot() inputs")?;
+    all.extend(input_terms);
     if all.len() != 2 * n {
         return Err(PyValueError::new_err(format!(
             "dot() needs as many inputs as weights: got {n} weights and {} inputs",
@@ -91,10 +94,7 @@ pub fn dot(
         )));
     }
     match bias {
-        Some(bias) if !bias.is_none() => all.extend(terms(
-            &pyo3::types::PyTuple::new(py, [bias])?.into_any(),
-            "dot() bias",
-        )?),
+        Some(bias) if !bias.is_none() => all.push(single_term(bias, "dot() bias")?),
         _ if n == 0 => all.push(Term::Number(0.0)),
         _ => {}
     }

@@ -155,6 +155,8 @@ pub struct Arena {
     /// Reused buffers, so that the hot paths do not allocate.
     inputs: Vec<f64>,
     worklist: Vec<u32>,
+    order: Vec<u32>,
+    stack: Vec<(u32, u32)>,
 }
 
 /// Slots kept allocated after the last node dies; beyond this the storage is
@@ -171,6 +173,8 @@ impl Arena {
             labels: BTreeMap::new(),
             inputs: Vec::new(),
             worklist: Vec::new(),
+            order: Vec::new(),
+            stack: Vec::new(),
         }
     }
 }
@@ -339,6 +343,8 @@ impl Arena {
         self.nodes = Vec::new();
         self.free = Vec::new();
         self.worklist = Vec::new();
+        self.order = Vec::new();
+        self.stack = Vec::new();
         self.labels = BTreeMap::new();
     }
 
@@ -451,7 +457,7 @@ impl Arena {
     pub fn topological_order(&mut self, root: NodeId) -> Result<Vec<NodeId>> {
         self.check(root)?;
         Ok(self
-            .topo_slots(root.slot)
+            .topo_slots(root.slot, false)
             .into_iter()
             .map(|slot| NodeId {
                 slot,
@@ -471,14 +477,20 @@ impl Arena {
         self.epoch
     }
 
-    fn topo_slots(&mut self, root: u32) -> Vec<u32> {
+    /// Post-order from `root` into `self.order`; with `reset_interior`, interior
+    /// gradients are zeroed on the way. The buffers are kept between calls, so a
+    /// training loop's backward does not allocate.
+    fn topo_slots(&mut self, root: u32, reset_interior: bool) -> Vec<u32> {
         let epoch = self.next_epoch();
-        let mut order = Vec::new();
-        let mut stack: Vec<(u32, usize)> = vec![(root, 0)];
+        let mut order = std::mem::take(&mut self.order);
+        let mut stack = std::mem::take(&mut self.stack);
+        order.clear();
+        stack.clear();
+        stack.push((root, 0));
         self.nodes[root as usize].mark = epoch;
         while let Some(top) = stack.last_mut() {
             let (slot, next) = *top;
-            match self.nodes[slot as usize].children.get(next) {
+            match self.nodes[slot as usize].children.get(next as usize) {
                 Some(child) => {
                     top.1 += 1;
                     let child_node = &mut self.nodes[child as usize];
@@ -488,11 +500,16 @@ impl Arena {
                     }
                 }
                 None => {
+                    let node = &mut self.nodes[slot as usize];
+                    if reset_interior && !matches!(node.op, Op::Leaf) {
+                        node.grad = 0.0;
+                    }
                     order.push(slot);
                     stack.pop();
                 }
             }
         }
+        self.stack = stack;
         order
     }
 
@@ -509,64 +526,80 @@ impl Arena {
     /// with [`EngineError::NanGradient`] naming the op that produced it.
     pub fn backward_checked(&mut self, root: NodeId, stop_at_nan: bool) -> Result<()> {
         self.check(root)?;
-        let order = self.topo_slots(root.slot);
-        for &slot in &order {
-            let node = &mut self.nodes[slot as usize];
-            if node.op != Op::Leaf {
-                node.grad = 0.0;
-            }
-        }
+        let order = self.topo_slots(root.slot, true);
         self.nodes[root.slot as usize].grad += 1.0;
         let mut x = std::mem::take(&mut self.inputs);
         let mut outcome = Ok(());
         for &slot in order.iter().rev() {
-            let node = &mut self.nodes[slot as usize];
-            if node.op == Op::Leaf {
-                continue;
-            }
-            let (g, out) = (node.grad, node.data);
-            // Taken out for the loop, so that the children's grads can be updated.
-            let children = std::mem::take(&mut node.children);
-            x.clear();
-            match &children {
-                Children::None => {}
-                Children::One(a) => x.push(self.nodes[*a as usize].data),
+            let node = &self.nodes[slot as usize];
+            let (op, g, out) = (node.op, node.grad, node.data);
+            let step = match node.children {
+                Children::None => Ok(()),
+                Children::One(a) => {
+                    let x = [self.nodes[a as usize].data];
+                    let da = op.local_grad(&x, out, 0) * g;
+                    self.accumulate(&[a], &[da], op, &x, g, stop_at_nan)
+                }
                 Children::Two(a, b) => {
-                    x.push(self.nodes[*a as usize].data);
-                    x.push(self.nodes[*b as usize].data);
+                    let x = [self.nodes[a as usize].data, self.nodes[b as usize].data];
+                    let d = [op.local_grad(&x, out, 0) * g, op.local_grad(&x, out, 1) * g];
+                    self.accumulate(&[a, b], &d, op, &x, g, stop_at_nan)
                 }
-                Children::Many(all) => x.extend(all.iter().map(|&c| self.nodes[c as usize].data)),
-            }
-            let op = &self.nodes[slot as usize].op;
-            let mut amounts = [0.0; 2];
-            let many: Vec<f64>;
-            let amounts: &[f64] = if x.len() <= 2 {
-                for (i, amount) in amounts.iter_mut().enumerate().take(x.len()) {
-                    *amount = op.local_grad(&x, out, i) * g;
-                }
-                &amounts[..x.len()]
-            } else {
-                many = (0..x.len()).map(|i| op.local_grad(&x, out, i) * g).collect();
-                &many
+                Children::Many(_) => self.backward_many(slot, op, g, out, &mut x, stop_at_nan),
             };
-            if stop_at_nan && amounts.iter().any(|a| a.is_nan()) {
-                outcome = Err(EngineError::NanGradient {
-                    op: op.describe(),
-                    inputs: x.clone(),
-                    upstream: g,
-                });
-                self.nodes[slot as usize].children = children;
+            if let Err(e) = step {
+                outcome = Err(e);
                 break;
             }
-            for (i, amount) in amounts.iter().enumerate() {
-                if let Some(child) = children.get(i) {
-                    self.nodes[child as usize].grad += amount;
-                }
-            }
-            self.nodes[slot as usize].children = children;
         }
         self.inputs = x;
+        self.order = order;
         outcome
+    }
+
+    /// Adds `amounts` to the children's gradients, or, when checking for nan,
+    /// reports the op instead if any amount is nan.
+    fn accumulate(
+        &mut self,
+        children: &[u32],
+        amounts: &[f64],
+        op: Op,
+        inputs: &[f64],
+        upstream: f64,
+        stop_at_nan: bool,
+    ) -> Result<()> {
+        if stop_at_nan && amounts.iter().any(|a| a.is_nan()) {
+            return Err(EngineError::NanGradient {
+                op: op.describe(),
+                inputs: inputs.to_vec(),
+                upstream,
+            });
+        }
+        for (&child, &amount) in children.iter().zip(amounts) {
+            self.nodes[child as usize].grad += amount;
+        }
+        Ok(())
+    }
+
+    /// The backward step of an n-ary node (`Sum`, `Dot`).
+    fn backward_many(
+        &mut self,
+        slot: u32,
+        op: Op,
+        g: f64,
+        out: f64,
+        x: &mut Vec<f64>,
+        stop_at_nan: bool,
+    ) -> Result<()> {
+        let Children::Many(children) = std::mem::take(&mut self.nodes[slot as usize].children) else {
+            return Ok(());
+        };
+        x.clear();
+        x.extend(children.iter().map(|&c| self.nodes[c as usize].data));
+        let amounts: Vec<f64> = (0..x.len()).map(|i| op.local_grad(x, out, i) * g).collect();
+        let result = self.accumulate(&children, &amounts, op, x, g, stop_at_nan);
+        self.nodes[slot as usize].children = Children::Many(children);
+        result
     }
 }
 

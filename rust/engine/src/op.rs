@@ -12,7 +12,7 @@
 
 /// One operation. Ops that combine a node with a Python number keep the number
 /// inside the op (`AddScalar(2.0)`), so `x + 2` is one node, not two.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Op {
     /// A value created by the user (a parameter or an input); it has no children.
     Leaf,
@@ -111,7 +111,7 @@ impl Op {
             Op::ScalarSub(c) => c - x[0],
             Op::DivScalar(c) => x[0] / c,
             Op::ScalarDiv(c) => c / x[0],
-            Op::PowScalar(e) => x[0].powf(*e),
+            Op::PowScalar(e) => powf(x[0], *e),
             Op::ScalarPow(c) => c.powf(x[0]),
             Op::Relu => relu(x[0]),
             Op::Tanh => x[0].tanh(),
@@ -254,7 +254,19 @@ fn pow_base_grad(a: f64, e: f64) -> f64 {
     if e == 0.0 {
         0.0
     } else {
-        e * a.powf(e - 1.0)
+        e * powf(a, e - 1.0)
+    }
+}
+
+/// `a^e`, with the squares and plain copies that dominate neural nets done
+/// directly (`powf` is correctly rounded there too, so the result is the same).
+fn powf(a: f64, e: f64) -> f64 {
+    if e == 2.0 {
+        a * a
+    } else if e == 1.0 {
+        a
+    } else {
+        a.powf(e)
     }
 }
 
