@@ -609,3 +609,100 @@ fn wrong_arity(op: &Op, got: usize) -> EngineError {
         got,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backward_accumulates_through_shared_nodes() {
+        // a=1; b=a+a; c=b+b  (micrograd issue #64): a.grad 4, b.grad 2
+        let mut arena = Arena::new();
+        let a = arena.leaf(1.0).unwrap();
+        let b = arena.apply2(Op::Add, a, a).unwrap();
+        let c = arena.apply2(Op::Add, b, b).unwrap();
+        arena.backward(c).unwrap();
+        assert_eq!(arena.grad(a).unwrap(), 4.0);
+        assert_eq!(arena.grad(b).unwrap(), 2.0);
+    }
+
+    #[test]
+    fn second_backward_adds_exactly_the_same_to_leaves() {
+        let mut arena = Arena::new();
+        let a = arena.leaf(2.0).unwrap();
+        let b = arena.leaf(3.0).unwrap();
+        let c = arena.apply2(Op::Mul, a, b).unwrap();
+        let d = arena.apply2(Op::Mul, c, c).unwrap();
+        arena.backward(d).unwrap();
+        assert_eq!(arena.grad(a).unwrap(), 36.0);
+        arena.backward(d).unwrap();
+        assert_eq!(arena.grad(a).unwrap(), 72.0);
+        assert_eq!(arena.grad(c).unwrap(), 12.0);
+    }
+
+    #[test]
+    fn nodes_are_freed_when_unreferenced_and_slots_reused() {
+        let mut arena = Arena::new();
+        let a = arena.leaf(1.0).unwrap();
+        let b = arena.apply1(Op::Exp, a).unwrap();
+        arena.release(a); // b still holds a
+        assert_eq!(arena.live_nodes(), 2);
+        assert!(arena.is_live(a));
+        arena.release(b);
+        assert_eq!(arena.live_nodes(), 0);
+        assert!(!arena.is_live(a));
+        assert_eq!(arena.data(a), Err(EngineError::StaleHandle(a)));
+        let c = arena.leaf(5.0).unwrap();
+        let d = arena.leaf(6.0).unwrap();
+        assert_eq!(arena.capacity(), 2, "freed slots are reused");
+        assert_eq!({ [c.slot, d.slot] }.iter().copied().max(), Some(1));
+        // the old handles are stale now: they never read the slots' new occupants
+        assert!(arena.data(a).is_err() && arena.data(b).is_err());
+        assert_eq!((arena.data(c), arena.data(d)), (Ok(5.0), Ok(6.0)));
+    }
+
+    #[test]
+    fn million_node_chain_backward_and_drop_without_recursion() {
+        let mut arena = Arena::new();
+        let x = arena.leaf(1.0).unwrap();
+        let mut y = x;
+        arena.retain(y).unwrap();
+        for _ in 0..1_000_000 {
+            let next = arena.apply1(Op::AddScalar(1.0), y).unwrap();
+            arena.release(y);
+            y = next;
+        }
+        arena.backward(y).unwrap();
+        assert_eq!(arena.grad(x).unwrap(), 1.0);
+        arena.release(y);
+        arena.release(x);
+        assert_eq!(arena.live_nodes(), 0);
+    }
+
+    #[test]
+    fn wrong_arity_is_an_error_not_a_panic() {
+        let mut arena = Arena::new();
+        let a = arena.leaf(1.0).unwrap();
+        assert!(matches!(
+            arena.apply(Op::Add, &[a]),
+            Err(EngineError::WrongArity { .. })
+        ));
+        assert!(matches!(
+            arena.apply1(Op::Add, a),
+            Err(EngineError::WrongArity { .. })
+        ));
+    }
+
+    #[test]
+    fn nan_gradients_are_reported_when_asked() {
+        let mut arena = Arena::new();
+        let a = arena.leaf(0.0).unwrap();
+        let b = arena.apply1(Op::PowScalar(0.5), a).unwrap(); // d/da = inf at 0
+        let c = arena.apply1(Op::MulScalar(0.0), b).unwrap(); // 0 * inf = nan
+        let d = arena.apply2(Op::Mul, c, a).unwrap();
+        arena.backward(d).unwrap();
+        assert!(arena.grad(a).unwrap().is_nan());
+        let err = arena.backward_checked(d, true).unwrap_err();
+        assert!(matches!(err, EngineError::NanGradient { .. }), "{err}");
+    }
+}
