@@ -6,7 +6,7 @@
 //! held by their own thread).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use gradrs_engine::{EngineError, NodeId, Op, ARENA};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
@@ -26,6 +26,10 @@ thread_local! {
     /// PyTorch keeps grad mode per thread.
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
 }
+
+/// How many threads have recording turned off. While it is zero (almost always),
+/// ops skip the thread-local lookup, which costs a call in a shared library.
+static THREADS_WITHOUT_GRAD: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether `detect_anomaly()` is active; one relaxed load per op when it is not.
 static DETECT_ANOMALY: AtomicBool = AtomicBool::new(false);
@@ -102,7 +106,7 @@ pub(crate) fn engine_error(err: EngineError) -> PyErr {
 }
 
 pub(crate) fn grad_enabled() -> bool {
-    GRAD_ENABLED.with(Cell::get)
+    THREADS_WITHOUT_GRAD.load(Ordering::Relaxed) == 0 || GRAD_ENABLED.with(Cell::get)
 }
 
 /// Wraps a node that already holds one reference for its new handle.
@@ -468,7 +472,13 @@ pub fn _restore_value(py: Python<'_>, data: f64, grad: f64, label: String) -> Py
 /// Turns recording on or off for this thread; returns the previous setting.
 #[pyfunction]
 pub fn _set_grad_enabled(enabled: bool) -> bool {
-    GRAD_ENABLED.with(|flag| flag.replace(enabled))
+    let previous = GRAD_ENABLED.with(|flag| flag.replace(enabled));
+    match (previous, enabled) {
+        (true, false) => THREADS_WITHOUT_GRAD.fetch_add(1, Ordering::Relaxed),
+        (false, true) => THREADS_WITHOUT_GRAD.fetch_sub(1, Ordering::Relaxed),
+        _ => 0,
+    };
+    previous
 }
 
 /// Whether ops record a graph on this thread.

@@ -304,8 +304,15 @@ impl Arena {
     /// refers to. A stale handle is ignored: releasing is called from destructors,
     /// which have no way to report an error.
     pub fn release(&mut self, id: NodeId) {
-        if self.check(id).is_err() {
-            return;
+        match self.nodes.get_mut(id.slot as usize) {
+            Some(node) if node.refs > 0 && node.gen == id.gen => {
+                // The common case: something else still refers to the node.
+                if node.refs > 1 {
+                    node.refs -= 1;
+                    return;
+                }
+            }
+            _ => return,
         }
         let mut work = std::mem::take(&mut self.worklist);
         work.clear();
@@ -538,12 +545,24 @@ impl Arena {
                 Children::One(a) => {
                     let x = [self.nodes[a as usize].data];
                     let da = op.local_grad(&x, out, 0) * g;
-                    self.accumulate(&[a], &[da], op, &x, g, stop_at_nan)
+                    if stop_at_nan && da.is_nan() {
+                        Err(nan_gradient(op, &x, g))
+                    } else {
+                        self.nodes[a as usize].grad += da;
+                        Ok(())
+                    }
                 }
                 Children::Two(a, b) => {
                     let x = [self.nodes[a as usize].data, self.nodes[b as usize].data];
-                    let d = [op.local_grad(&x, out, 0) * g, op.local_grad(&x, out, 1) * g];
-                    self.accumulate(&[a, b], &d, op, &x, g, stop_at_nan)
+                    let da = op.local_grad(&x, out, 0) * g;
+                    let db = op.local_grad(&x, out, 1) * g;
+                    if stop_at_nan && (da.is_nan() || db.is_nan()) {
+                        Err(nan_gradient(op, &x, g))
+                    } else {
+                        self.nodes[a as usize].grad += da;
+                        self.nodes[b as usize].grad += db;
+                        Ok(())
+                    }
                 }
                 Children::Many(_) => self.backward_many(slot, op, g, out, &mut x, stop_at_nan),
             };
@@ -555,30 +574,6 @@ impl Arena {
         self.inputs = x;
         self.order = order;
         outcome
-    }
-
-    /// Adds `amounts` to the children's gradients, or, when checking for nan,
-    /// reports the op instead if any amount is nan.
-    fn accumulate(
-        &mut self,
-        children: &[u32],
-        amounts: &[f64],
-        op: Op,
-        inputs: &[f64],
-        upstream: f64,
-        stop_at_nan: bool,
-    ) -> Result<()> {
-        if stop_at_nan && amounts.iter().any(|a| a.is_nan()) {
-            return Err(EngineError::NanGradient {
-                op: op.describe(),
-                inputs: inputs.to_vec(),
-                upstream,
-            });
-        }
-        for (&child, &amount) in children.iter().zip(amounts) {
-            self.nodes[child as usize].grad += amount;
-        }
-        Ok(())
     }
 
     /// The backward step of an n-ary node (`Sum`, `Dot`).
@@ -596,10 +591,26 @@ impl Arena {
         };
         x.clear();
         x.extend(children.iter().map(|&c| self.nodes[c as usize].data));
-        let amounts: Vec<f64> = (0..x.len()).map(|i| op.local_grad(x, out, i) * g).collect();
-        let result = self.accumulate(&children, &amounts, op, x, g, stop_at_nan);
+        let mut result = Ok(());
+        for (i, &child) in children.iter().enumerate() {
+            let amount = op.local_grad(x, out, i) * g;
+            if stop_at_nan && amount.is_nan() {
+                result = Err(nan_gradient(op, x, g));
+                break;
+            }
+            self.nodes[child as usize].grad += amount;
+        }
         self.nodes[slot as usize].children = Children::Many(children);
         result
+    }
+}
+
+#[cold]
+fn nan_gradient(op: Op, inputs: &[f64], upstream: f64) -> EngineError {
+    EngineError::NanGradient {
+        op: op.describe(),
+        inputs: inputs.to_vec(),
+        upstream,
     }
 }
 
@@ -624,6 +635,22 @@ mod tests {
         arena.backward(c).unwrap();
         assert_eq!(arena.grad(a).unwrap(), 4.0);
         assert_eq!(arena.grad(b).unwrap(), 2.0);
+    }
+
+    #[test]
+    fn a_child_reached_again_through_a_sibling_waits_for_it() {
+        // r = a * b where a = b * b: b's gradient needs a's, so a must be processed first.
+        let mut arena = Arena::new();
+        let b = arena.leaf(3.0).unwrap();
+        let a = arena.apply2(Op::Mul, b, b).unwrap();
+        let r = arena.apply2(Op::Mul, a, b).unwrap(); // r = b^3
+        arena.backward(r).unwrap();
+        assert_eq!(arena.grad(b).unwrap(), 27.0);
+        let b2 = arena.leaf(3.0).unwrap();
+        let a2 = arena.apply2(Op::Mul, b2, b2).unwrap();
+        let r2 = arena.apply2(Op::Mul, b2, a2).unwrap(); // children in the other order
+        arena.backward(r2).unwrap();
+        assert_eq!(arena.grad(b2).unwrap(), 27.0);
     }
 
     #[test]
