@@ -152,6 +152,8 @@ pub struct Arena {
     live: usize,
     epoch: u32,
     labels: BTreeMap<u32, String>,
+    /// The partial derivatives of `Op::Recorded` nodes, by slot.
+    partials: BTreeMap<u32, Box<[f64]>>,
     /// Reused buffers, so that the hot paths do not allocate.
     inputs: Vec<f64>,
     worklist: Vec<u32>,
@@ -171,6 +173,7 @@ impl Arena {
             live: 0,
             epoch: 0,
             labels: BTreeMap::new(),
+            partials: BTreeMap::new(),
             inputs: Vec::new(),
             worklist: Vec::new(),
             order: Vec::new(),
@@ -228,6 +231,27 @@ impl Arena {
         self.nodes[a.slot as usize].refs += 1;
         self.nodes[b.slot as usize].refs += 1;
         self.alloc(data, op, Children::Two(a.slot, b.slot))
+    }
+
+    /// A node whose value and partial derivatives (one per child) were computed
+    /// elsewhere, by a recorded program (`Op::Recorded`).
+    pub fn recorded(&mut self, value: f64, children: &[NodeId], partials: Vec<f64>) -> Result<NodeId> {
+        if partials.len() != children.len() {
+            return Err(EngineError::LengthMismatch {
+                expected: children.len(),
+                got: partials.len(),
+            });
+        }
+        for &c in children {
+            self.check(c)?;
+        }
+        let slots: Vec<u32> = children.iter().map(|c| c.slot).collect();
+        for &s in &slots {
+            self.nodes[s as usize].refs += 1;
+        }
+        let id = self.alloc(value, Op::Recorded, Children::Many(slots.into()))?;
+        self.partials.insert(id.slot, partials.into());
+        Ok(id)
     }
 
     /// The value `op` would give on `children`, without recording a node
@@ -330,6 +354,10 @@ impl Arena {
                 Children::Many(all) => work.extend_from_slice(&all),
             }
             node.gen = node.gen.wrapping_add(1);
+            if matches!(node.op, Op::Recorded) {
+                self.partials.remove(&slot);
+            }
+            let node = &mut self.nodes[slot as usize];
             node.op = Op::Leaf;
             if node.labelled {
                 node.labelled = false;
@@ -353,6 +381,7 @@ impl Arena {
         self.order = Vec::new();
         self.stack = Vec::new();
         self.labels = BTreeMap::new();
+        self.partials = BTreeMap::new();
     }
 
     pub fn view(&self, id: NodeId) -> Result<NodeView<'_>> {
@@ -591,9 +620,17 @@ impl Arena {
         };
         x.clear();
         x.extend(children.iter().map(|&c| self.nodes[c as usize].data));
+        let recorded = match op {
+            Op::Recorded => self.partials.get(&slot).cloned(),
+            _ => None,
+        };
         let mut result = Ok(());
         for (i, &child) in children.iter().enumerate() {
-            let amount = op.local_grad(x, out, i) * g;
+            let local = match &recorded {
+                Some(partials) => partials[i],
+                None => op.local_grad(x, out, i),
+            };
+            let amount = local * g;
             if stop_at_nan && amount.is_nan() {
                 result = Err(nan_gradient(op, x, g));
                 break;
@@ -702,6 +739,25 @@ mod tests {
         arena.backward(y).unwrap();
         assert_eq!(arena.grad(x).unwrap(), 1.0);
         arena.release(y);
+        arena.release(x);
+        assert_eq!(arena.live_nodes(), 0);
+    }
+
+    #[test]
+    fn recorded_nodes_back_propagate_their_stored_partials() {
+        let mut arena = Arena::new();
+        let w = arena.leaf(2.0).unwrap();
+        let x = arena.leaf(5.0).unwrap();
+        // out = w * x computed elsewhere, with d/dw = x and d/dx = w
+        let out = arena.recorded(10.0, &[w, x], vec![5.0, 2.0]).unwrap();
+        let y = arena.apply1(Op::MulScalar(3.0), out).unwrap();
+        arena.backward(y).unwrap();
+        assert_eq!((arena.grad(w).unwrap(), arena.grad(x).unwrap()), (15.0, 6.0));
+        assert_eq!(arena.op(out).unwrap().symbol(), "compiled");
+        assert!(arena.recorded(1.0, &[w], vec![]).is_err());
+        arena.release(y);
+        arena.release(out);
+        arena.release(w);
         arena.release(x);
         assert_eq!(arena.live_nodes(), 0);
     }

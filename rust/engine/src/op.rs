@@ -49,6 +49,10 @@ pub enum Op {
     /// child count means the last child is a bias added first, as micrograd's
     /// `sum((wi*xi for ...), self.b)` does.
     Dot,
+    /// The result of a recorded program replayed as one step (`gradrs.compile`):
+    /// its value and its partial derivatives with respect to each child were
+    /// computed by the program, and the arena stores them with the node.
+    Recorded,
 }
 
 /// How many children an op takes.
@@ -79,7 +83,7 @@ impl Op {
             | Op::Exp
             | Op::Log
             | Op::Sigmoid => Arity::One,
-            Op::Sum | Op::Dot => Arity::Many,
+            Op::Sum | Op::Dot | Op::Recorded => Arity::Many,
         }
     }
 
@@ -123,6 +127,8 @@ impl Op {
                 let (w, xs, bias) = split_dot(x);
                 w.iter().zip(xs).fold(bias, |acc, (w, x)| acc + w * x)
             }
+            // Not computable from the children alone: the arena is given the value.
+            Op::Recorded => f64::NAN,
         }
     }
 
@@ -173,6 +179,8 @@ impl Op {
                     x[i - n]
                 }
             }
+            // Stored with the node by the arena, which uses those instead.
+            Op::Recorded => f64::NAN,
         }
     }
 
@@ -189,6 +197,7 @@ impl Op {
             | Op::ScalarDiv(_)
             | Op::Neg
             | Op::Dot => "*".into(),
+            Op::Recorded => "compiled".into(),
             Op::Pow | Op::ScalarPow(_) => "**".into(),
             Op::PowScalar(e) => format!("**{}", format_number(*e)),
             Op::Relu => "ReLU".into(),
@@ -224,6 +233,7 @@ impl Op {
             Op::Sigmoid => "sigmoid".into(),
             Op::Sum => "sum".into(),
             Op::Dot => "dot".into(),
+            Op::Recorded => "compiled".into(),
         }
     }
 }
