@@ -34,7 +34,7 @@ fn round(arena: &mut Arena, leaves: &[NodeId], n: usize) -> (f64, f64) {
 }
 
 fn main() {
-    let n = 100_000;
+    let n: usize = std::env::args().nth(1).map_or(100_000, |a| a.parse().unwrap());
     let mut arena = Arena::new();
     let leaves: Vec<_> = (0..256)
         .map(|i| arena.leaf((i as f64 / 256.0) - 0.5).unwrap())
