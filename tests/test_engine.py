@@ -147,3 +147,25 @@ def test_fused_ops_keep_generator_temporaries_alive():
     assert s.data == 20.0 and d.data == sum(i * i for i in range(5))
     group = gradrs.ParamGroup(p * 1 for p in ps)
     assert list(group.data()) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_numpy_scalars_and_arrays_interoperate():
+    import numpy as np
+
+    v = Value(3.0)
+    assert isinstance(np.float64(2.0) * v, Value) and (np.float64(2.0) * v).data == 6.0
+    assert (np.int64(-1) * v).data == -3.0
+    assert Value(np.int64(3)).data == 3.0 and Value(np.float32(0.5)).data == 0.5
+    assert (v + np.float64(1.0)).data == 4.0
+
+
+def test_value_exponent_and_reflected_pow_have_gradients():
+    a, b = Value(3.0), Value(4.0)
+    c = a**b
+    c.backward()
+    assert c.data == 81.0 and a.grad == 108.0
+    assert b.grad == pytest.approx(88.9875953821169, rel=1e-12)
+    x = Value(3.0)
+    y = 2**x
+    y.backward()
+    assert y.data == 8.0 and x.grad == pytest.approx(8.0 * math.log(2.0), rel=1e-12)
