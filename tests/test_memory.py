@@ -23,7 +23,7 @@ def resident_kib() -> int:
 
 def train_step(params: list[Value], xs: list[list[float]], ys: list[float]) -> float:
     loss = Value(0.0)
-    for x, y in zip(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
         h = [(params[2 * j] * x[0] + params[2 * j + 1] * x[1]).tanh() for j in range(4)]
         out = gradrs.sum(h[j] * params[8 + j] for j in range(4))
         loss = loss + (out - y) ** 2

@@ -1,11 +1,10 @@
 """Type stubs for the compiled extension ``gradrs._core``."""
 
 from collections.abc import Iterable
-from typing import Any, SupportsFloat, SupportsIndex, final
+from typing import Any, SupportsFloat, SupportsIndex, TypeAlias, final
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import TypeAlias
 
 _Number: TypeAlias = SupportsFloat | SupportsIndex
 

@@ -1,11 +1,12 @@
 //! `gradrs.sum` and `gradrs.dot`: one node with n children instead of a chain of
 //! n binary nodes, so a neuron costs one Python call and one node.
 
-use gradrs_engine::{NodeId, Op, ARENA};
+use gradrs_engine::{Arena, NodeId, Op, ARENA};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyList, PyTuple};
 
-use crate::value::{engine_error, real_number, record, PyValue};
+use crate::value::{engine_error, real_number, record_locked, wrap, PyValue};
 
 /// A term of a fused op: a node, or a number that becomes a constant leaf.
 enum Term {
@@ -13,50 +14,87 @@ enum Term {
     Number(f64),
 }
 
-/// The terms of `items`, with the Python objects they came from: those must stay
-/// alive until the node is recorded, or a temporary Value yielded by a generator
-/// could free its node in between.
-fn terms<'py>(items: &Bound<'py, PyAny>, what: &str) -> PyResult<(Vec<Term>, Vec<Bound<'py, PyAny>>)> {
-    let objects = items.try_iter()?.collect::<PyResult<Vec<_>>>()?;
-    let terms = objects
-        .iter()
-        .map(|item| single_term(item, what))
-        .collect::<PyResult<Vec<_>>>()?;
-    Ok((terms, objects))
-}
-
-fn single_term(item: &Bound<'_, PyAny>, what: &str) -> PyResult<Term> {
+fn term(item: &Bound<'_, PyAny>, what: &str) -> PyResult<Term> {
+    if let Ok(value) = item.cast_exact::<PyValue>() {
+        return Ok(Term::Node(value.get().id));
+    }
+    if let Ok(number) = item.cast_exact::<PyFloat>() {
+        return Ok(Term::Number(number.value()));
+    }
     match item.cast::<PyValue>() {
         Ok(value) => Ok(Term::Node(value.get().id)),
         Err(_) => real_number(item, what).map(Term::Number),
     }
 }
 
-/// Records `op` over `terms`, turning numbers into leaves held only by the new node.
-fn record_terms(py: Python<'_>, op: Op, terms: &[Term]) -> PyResult<Py<PyAny>> {
-    let mut constants = Vec::new();
-    let children = {
-        let mut arena = ARENA.lock();
-        let mut children = Vec::with_capacity(terms.len());
-        for term in terms {
-            children.push(match *term {
-                Term::Node(id) => id,
-                Term::Number(c) => {
-                    let id = arena.leaf(c).map_err(engine_error)?;
-                    constants.push(id);
-                    id
-                }
-            });
+/// Appends the terms of `items` to `out`. Lists and tuples are read in place
+/// (they keep their items alive); any other iterable's items are kept in `alive`,
+/// or a temporary Value yielded by a generator could free its node before the
+/// fused node refers to it.
+fn collect<'py>(
+    items: &Bound<'py, PyAny>,
+    what: &str,
+    out: &mut Vec<Term>,
+    alive: &mut Vec<Bound<'py, PyAny>>,
+) -> PyResult<usize> {
+    let start = out.len();
+    if let Ok(list) = items.cast_exact::<PyList>() {
+        out.reserve(list.len());
+        for i in 0..list.len() {
+            out.push(term(&list.get_item(i)?, what)?);
         }
-        children
+    } else if let Ok(tuple) = items.cast_exact::<PyTuple>() {
+        out.reserve(tuple.len());
+        for item in tuple.iter() {
+            out.push(term(&item, what)?);
+        }
+    } else {
+        for item in items.try_iter()? {
+            let item = item?;
+            out.push(term(&item, what)?);
+            alive.push(item);
+        }
+    }
+    Ok(out.len() - start)
+}
+
+/// Records `op` over `terms` under one lock, turning numbers into leaves held
+/// only by the new node.
+fn record_terms(py: Python<'_>, op: Op, terms: &[Term]) -> PyResult<Py<PyAny>> {
+    let id = {
+        let mut arena = ARENA.lock();
+        let mut constants = Vec::new();
+        let mut children = Vec::with_capacity(terms.len());
+        let mut failure = None;
+        for term in terms {
+            match *term {
+                Term::Node(id) => children.push(id),
+                Term::Number(c) => match arena.leaf(c) {
+                    Ok(id) => {
+                        constants.push(id);
+                        children.push(id);
+                    }
+                    Err(err) => {
+                        failure = Some(engine_error(err));
+                        break;
+                    }
+                },
+            }
+        }
+        let result = match failure {
+            None => record_locked(&mut arena, op, &children),
+            Some(err) => Err(err),
+        };
+        release_all(&mut arena, &constants);
+        result?
     };
-    let result = record(py, op, &children);
-    // The new node now holds the constants; drop the references made above.
-    let mut arena = ARENA.lock();
-    for id in constants {
+    wrap(py, id)
+}
+
+fn release_all(arena: &mut Arena, ids: &[NodeId]) {
+    for &id in ids {
         arena.release(id);
     }
-    result
 }
 
 /// `start + v0 + v1 + ...` as one node (`Sum`), like Python's `sum` over Values.
@@ -67,10 +105,12 @@ pub fn sum(
     values: &Bound<'_, PyAny>,
     start: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
-    let (mut all, _keep_alive) = terms(values, "sum() items")?;
+    let mut all = Vec::new();
+    let mut alive = Vec::new();
     if let Some(start) = start {
-        all.insert(0, single_term(start, "sum() start")?);
+        all.push(term(start, "sum() start")?);
     }
+    collect(values, "sum() items", &mut all, &mut alive)?;
     record_terms(py, Op::Sum, &all)
 }
 
@@ -83,18 +123,17 @@ pub fn dot(
     inputs: &Bound<'_, PyAny>,
     bias: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
-    let (mut all, _keep_weights) = terms(weights, "dot() weights")?;
-    let n = all.len();
-    let (input_terms, _keep_inputs) = terms(inputs, "dot() inputs")?;
-    all.extend(input_terms);
-    if all.len() != 2 * n {
+    let mut all = Vec::with_capacity(2 * weights.len().unwrap_or(0) + 1);
+    let mut alive = Vec::new();
+    let n = collect(weights, "dot() weights", &mut all, &mut alive)?;
+    let m = collect(inputs, "dot() inputs", &mut all, &mut alive)?;
+    if m != n {
         return Err(PyValueError::new_err(format!(
-            "dot() needs as many inputs as weights: got {n} weights and {} inputs",
-            all.len() - n
+            "dot() needs as many inputs as weights: got {n} weights and {m} inputs"
         )));
     }
     match bias {
-        Some(bias) if !bias.is_none() => all.push(single_term(bias, "dot() bias")?),
+        Some(bias) if !bias.is_none() => all.push(term(bias, "dot() bias")?),
         _ if n == 0 => all.push(Term::Number(0.0)),
         _ => {}
     }

@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use gradrs_engine::{EngineError, NodeId, Op, ARENA};
+use gradrs_engine::{Arena, EngineError, NodeId, Op, ARENA};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -126,29 +126,31 @@ pub(crate) fn wrap(py: Python<'_>, id: NodeId) -> PyResult<Py<PyAny>> {
 /// Records `op` over `children` (or, under `no_grad`, just its value as a new
 /// leaf) and returns the handle. The one path every op takes.
 pub(crate) fn record(py: Python<'_>, op: Op, children: &[NodeId]) -> PyResult<Py<PyAny>> {
-    let id = {
-        let mut arena = ARENA.lock();
-        let id = if !grad_enabled() {
-            let data = arena.evaluate(&op, children).map_err(engine_error)?;
-            arena.leaf(data)
-        } else {
-            match *children {
-                [a] => arena.apply1(op, a),
-                [a, b] => arena.apply2(op, a, b),
-                _ => arena.apply(op, children),
-            }
-        }
-        .map_err(engine_error)?;
-        if DETECT_ANOMALY.load(Ordering::Relaxed) {
-            check_forward_nan(&mut arena, id, children)?;
-        }
-        id
-    };
+    let id = record_locked(&mut ARENA.lock(), op, children)?;
     wrap(py, id)
 }
 
+/// [`record`] for a caller that already holds the arena's lock.
+pub(crate) fn record_locked(arena: &mut Arena, op: Op, children: &[NodeId]) -> PyResult<NodeId> {
+    let id = if !grad_enabled() {
+        let data = arena.evaluate(&op, children).map_err(engine_error)?;
+        arena.leaf(data)
+    } else {
+        match *children {
+            [a] => arena.apply1(op, a),
+            [a, b] => arena.apply2(op, a, b),
+            _ => arena.apply(op, children),
+        }
+    }
+    .map_err(engine_error)?;
+    if DETECT_ANOMALY.load(Ordering::Relaxed) {
+        check_forward_nan(arena, id, children)?;
+    }
+    Ok(id)
+}
+
 #[cold]
-fn check_forward_nan(arena: &mut gradrs_engine::Arena, id: NodeId, children: &[NodeId]) -> PyResult<()> {
+fn check_forward_nan(arena: &mut Arena, id: NodeId, children: &[NodeId]) -> PyResult<()> {
     let data = arena.data(id).map_err(engine_error)?;
     let inputs: Vec<f64> = children.iter().filter_map(|&c| arena.data(c).ok()).collect();
     if data.is_nan() && !inputs.iter().any(|x| x.is_nan()) {

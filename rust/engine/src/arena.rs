@@ -80,12 +80,12 @@ enum Children {
 }
 
 impl Children {
-    fn from_slots(slots: &[u32]) -> Self {
-        match *slots {
+    fn of(ids: &[NodeId]) -> Self {
+        match *ids {
             [] => Children::None,
-            [a] => Children::One(a),
-            [a, b] => Children::Two(a, b),
-            _ => Children::Many(slots.into()),
+            [a] => Children::One(a.slot),
+            [a, b] => Children::Two(a.slot, b.slot),
+            _ => Children::Many(ids.iter().map(|c| c.slot).collect()),
         }
     }
 
@@ -202,11 +202,10 @@ impl Arena {
     /// reference for the caller and one on each child per edge.
     pub fn apply(&mut self, op: Op, children: &[NodeId]) -> Result<NodeId> {
         let data = self.evaluate(&op, children)?;
-        let slots: Vec<u32> = children.iter().map(|c| c.slot).collect();
-        for &s in &slots {
-            self.nodes[s as usize].refs += 1;
+        for c in children {
+            self.nodes[c.slot as usize].refs += 1;
         }
-        self.alloc(data, op, Children::from_slots(&slots))
+        self.alloc(data, op, Children::of(children))
     }
 
     /// `op(a)` without allocating for the child list.
@@ -245,11 +244,14 @@ impl Arena {
         for &c in children {
             self.check(c)?;
         }
-        let slots: Vec<u32> = children.iter().map(|c| c.slot).collect();
-        for &s in &slots {
-            self.nodes[s as usize].refs += 1;
+        for c in children {
+            self.nodes[c.slot as usize].refs += 1;
         }
-        let id = self.alloc(value, Op::Recorded, Children::Many(slots.into()))?;
+        let id = self.alloc(
+            value,
+            Op::Recorded,
+            Children::Many(children.iter().map(|c| c.slot).collect()),
+        )?;
         self.partials.insert(id.slot, partials.into());
         Ok(id)
     }

@@ -1,0 +1,165 @@
+"""The main job: micrograd's demo notebook, trained on gradrs.
+
+100 moons points (noise 0.1), ``MLP(2, [16, 16, 1])``, the SVM max-margin loss plus 1e-4 L2,
+100 steps of SGD with the learning rate falling from 1.0 to 0.109, seeds 1337 as in the
+notebook; then the decision boundary (PNG) and the graph of one sample's loss (SVG).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from gradrs import nn
+from gradrs._core import ParamGroup, Value, dot
+from gradrs.bulk import leaves
+from gradrs.datasets import make_moons
+from gradrs.grad_mode import no_grad
+
+__all__ = ["DemoResult", "run_demo", "train"]
+
+
+@dataclass
+class DemoResult:
+    losses: list[float] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.accuracies[-1]
+
+
+def loss_of(
+    model: nn.MLP, inputs: list[list[Value]], y: np.ndarray, alpha: float = 1e-4
+) -> tuple[Value, float]:
+    """The notebook's loss: mean hinge loss plus ``alpha * sum(p*p)``, and the accuracy."""
+    scores = [model(x) for x in inputs]
+    losses = [(1 + -float(yi) * score).relu() for yi, score in zip(y, scores, strict=True)]
+    data_loss = sum(losses) * (1.0 / len(losses))
+    params = model.parameters()
+    reg_loss = alpha * dot(params, params)
+    accuracy = sum((yi > 0) == (s.data > 0) for yi, s in zip(y, scores, strict=True)) / len(y)
+    return data_loss + reg_loss, accuracy
+
+
+def train(
+    steps: int = 100, seed: int = 1337, progress: TextIO | None = None
+) -> tuple[nn.MLP, DemoResult, Any]:
+    """Trains the demo model; returns it, the per-step losses and accuracies, and the data."""
+    np.random.seed(seed)
+    random.seed(seed)
+    X, y = make_moons(n_samples=100, noise=0.1)
+    y = y * 2 - 1
+    model = nn.MLP(2, [16, 16, 1])
+    group = ParamGroup(model.parameters())
+    velocity = np.zeros(len(group))
+    result = DemoResult()
+    bar = _ProgressBar(steps, progress)
+    start = time.perf_counter()
+    for k in range(steps):
+        inputs = leaves(X)
+        total_loss, accuracy = loss_of(model, inputs, y)
+        group.zero_grad()
+        total_loss.backward()
+        learning_rate = 1.0 - 0.9 * k / 100
+        group.sgd_step(learning_rate, 0.0, 0.0, velocity)  # p.data -= learning_rate * p.grad
+        result.losses.append(total_loss.data)
+        result.accuracies.append(accuracy)
+        bar.update(k + 1, total_loss.data, accuracy)
+    result.seconds = time.perf_counter() - start
+    bar.close()
+    return model, result, (X, y)
+
+
+def decision_boundary(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path, h: float = 0.25) -> None:
+    """The notebook's last cell: the model's sign over a mesh, with the data on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_min, x_max = X[:, 0].min() - 1, X[:, 0].max() + 1
+    y_min, y_max = X[:, 1].min() - 1, X[:, 1].max() + 1
+    xx, yy = np.meshgrid(np.arange(x_min, x_max, h), np.arange(y_min, y_max, h))
+    mesh = np.c_[xx.ravel(), yy.ravel()]
+    with no_grad():
+        scores = [model(row) for row in leaves(mesh)]
+    Z = np.array([s.data > 0 for s in scores]).reshape(xx.shape)
+    fig = plt.figure(figsize=(6, 5))
+    plt.contourf(xx, yy, Z, cmap=plt.cm.Spectral, alpha=0.8)
+    plt.scatter(X[:, 0], X[:, 1], c=y, s=40, cmap=plt.cm.Spectral)
+    plt.xlim(xx.min(), xx.max())
+    plt.ylim(yy.min(), yy.max())
+    plt.title("gradrs: MLP(2, [16, 16, 1]) decision boundary")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> None:
+    """The expression graph of the first sample's hinge loss, as SVG."""
+    from gradrs.viz import draw_dot
+
+    x = leaves(X[0])
+    for value, name in zip(x, ("x0", "x1"), strict=True):
+        value.label = name
+    loss = (1 + -float(y[0]) * model(x)).relu()
+    loss.label = "loss"
+    loss.backward()
+    path.write_bytes(draw_dot(loss).pipe(format="svg"))
+
+
+def run_demo(
+    steps: int = 100, seed: int = 1337, out: Path | None = Path("out"), stream: TextIO = sys.stdout
+) -> DemoResult:
+    """Trains, prints the summary, and writes the pictures into ``out`` (none when ``out`` is None)."""
+    model, result, (X, y) = train(steps, seed, progress=stream)
+    print(f"final loss: {result.losses[-1]:.6f}", file=stream)
+    print(f"accuracy: {100 * result.accuracy:.1f}%", file=stream)
+    per_step = 1000 * result.seconds / max(steps, 1)
+    print(f"wall time: {result.seconds:.3f} s for {steps} steps ({per_step:.2f} ms/step)", file=stream)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        png = out / "decision_boundary.png"
+        decision_boundary(model, X, y, png)
+        result.files.append(png)
+        svg = out / "sample_loss_graph.svg"
+        try:
+            sample_graph(model, X, y, svg)
+            result.files.append(svg)
+        except RuntimeError as error:  # Graphviz's dot program is missing
+            print(f"skipped the graph picture: {error}", file=stream)
+        for path in result.files:
+            print(f"wrote {path}", file=stream)
+    return result
+
+
+class _ProgressBar:
+    """A one-line bar redrawn in place on a terminal, or a line every 10% otherwise."""
+
+    def __init__(self, total: int, stream: TextIO | None) -> None:
+        self.total, self.stream = total, stream
+        self.interactive = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self.every = max(1, total // 10)
+
+    def update(self, step: int, loss: float, accuracy: float) -> None:
+        if self.stream is None:
+            return
+        filled = int(30 * step / self.total)
+        bar = "#" * filled + "." * (30 - filled)
+        line = f"step {step:>4}/{self.total} [{bar}] loss {loss:.4f} accuracy {100 * accuracy:5.1f}%"
+        if self.interactive:
+            print("\r" + line, end="", file=self.stream, flush=True)
+        elif step % self.every == 0 or step == self.total:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.stream is not None and self.interactive:
+            print(file=self.stream)

@@ -1,0 +1,202 @@
+"""Neural-network building blocks: a drop-in for ``micrograd.nn``.
+
+``Module``, ``Neuron``, ``Layer`` and ``MLP`` behave as micrograd's do (same constructor
+arguments, same weight initialisation from Python's ``random``, same call behaviour and
+``repr``), so code written for micrograd runs after changing the import. Each neuron is one
+fused node (``gradrs.dot``) instead of a chain of multiplications and additions.
+
+Beyond micrograd: a choice of activation, ``named_parameters()``, ``state_dict()`` /
+``load_state_dict()``, ``save()`` / ``load()`` to ``.npz`` files, and the parameters' data and
+gradients as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gradrs._core import ParamGroup, Value, dot
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["MLP", "Layer", "Module", "Neuron"]
+
+Input = Value | float
+
+_ACTIVATIONS = {
+    "relu": ("ReLU", Value.relu),
+    "tanh": ("Tanh", Value.tanh),
+    "sigmoid": ("Sigmoid", Value.sigmoid),
+    "linear": ("Linear", None),
+}
+
+
+class Module:
+    """Base class: anything that owns parameters."""
+
+    def parameters(self) -> list[Value]:
+        """Every trainable Value, in a fixed order."""
+        return []
+
+    def named_parameters(self) -> list[tuple[str, Value]]:
+        """``(name, Value)`` pairs such as ``('layers.0.neurons.3.w.1', v)``, in ``parameters()`` order."""
+        return []
+
+    def zero_grad(self) -> None:
+        """Sets every parameter's gradient to 0 (call before each ``backward()``)."""
+        params = self.parameters()
+        if params:
+            ParamGroup(params).zero_grad()
+
+    def param_group(self) -> ParamGroup:
+        """The parameters as one group, for reading or updating them as numpy arrays."""
+        return ParamGroup(self.parameters())
+
+    def parameters_data(self) -> np.ndarray:
+        """All parameters' data as one float64 array, in ``parameters()`` order."""
+        return self.param_group().data()
+
+    def parameters_grad(self) -> np.ndarray:
+        """All parameters' gradients as one float64 array, in ``parameters()`` order."""
+        return self.param_group().grad()
+
+    def set_parameters_data(self, values: Any) -> None:
+        """Sets all parameters' data from one array of ``len(parameters())`` numbers."""
+        import numpy as np
+
+        self.param_group().set_data(np.ascontiguousarray(values, dtype=np.float64).reshape(-1))
+
+    def state_dict(self) -> dict[str, float]:
+        """Every parameter's data by name (plain floats, so it pickles and prints)."""
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Restores parameters from ``state_dict()`` output.
+
+        With ``strict`` (the default), missing or unexpected names raise ValueError, as in PyTorch.
+        """
+        named = dict(self.named_parameters())
+        missing = [name for name in named if name not in state]
+        unexpected = [name for name in state if name not in named]
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"state_dict does not match the model: missing {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                f"{'...' if len(unexpected) > 5 else ''}"
+            )
+        for name, value in state.items():
+            if name in named:
+                try:
+                    named[name].data = float(value)
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"state_dict entry {name!r} is not a number: {value!r}") from error
+
+    def save(self, path: str | Path) -> None:
+        """Writes the parameters to a ``.npz`` file (one array entry per parameter name)."""
+        import numpy as np
+
+        np.savez(path, **{name: np.float64(p.data) for name, p in self.named_parameters()})
+
+    def load(self, path: str | Path, strict: bool = True) -> None:
+        """Reads parameters written by ``save()``."""
+        import numpy as np
+
+        with np.load(path) as archive:
+            self.load_state_dict({name: float(archive[name]) for name in archive.files}, strict=strict)
+
+
+def _activation(nonlin: bool, activation: str | None) -> str:
+    if activation is None:
+        return "relu" if nonlin else "linear"
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
+    return activation
+
+
+class Neuron(Module):
+    """``act(w · x + b)`` with ``nin`` weights drawn from ``random.uniform(-1, 1)`` and ``b = 0``."""
+
+    def __init__(self, nin: int, nonlin: bool = True, activation: str | None = None) -> None:
+        self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
+        self.b = Value(0)
+        self.activation = _activation(nonlin, activation)
+        self.nonlin = self.activation != "linear"
+        self._act = _ACTIVATIONS[self.activation][1]
+
+    def __call__(self, x: Sequence[Input]) -> Value:
+        # micrograd's zip() silently drops extra inputs; a wrong size here is almost always a bug.
+        if len(x) != len(self.w):
+            raise ValueError(f"{self!r} expects {len(self.w)} inputs, got {len(x)}")
+        act = dot(self.w, x, self.b)
+        return self._act(act) if self._act is not None else act
+
+    def parameters(self) -> list[Value]:
+        return self.w + [self.b]
+
+    def named_parameters(self) -> list[tuple[str, Value]]:
+        return [(f"w.{i}", w) for i, w in enumerate(self.w)] + [("b", self.b)]
+
+    def __repr__(self) -> str:
+        return f"{_ACTIVATIONS[self.activation][0]}Neuron({len(self.w)})"
+
+
+class Layer(Module):
+    """``nout`` neurons over the same ``nin`` inputs; keyword arguments go to each ``Neuron``."""
+
+    def __init__(self, nin: int, nout: int, **kwargs: Any) -> None:
+        self.neurons = [Neuron(nin, **kwargs) for _ in range(nout)]
+
+    def __call__(self, x: Sequence[Input]) -> Value | list[Value]:
+        out = [n(x) for n in self.neurons]
+        return out[0] if len(out) == 1 else out
+
+    def parameters(self) -> list[Value]:
+        return [p for n in self.neurons for p in n.parameters()]
+
+    def named_parameters(self) -> list[tuple[str, Value]]:
+        return [
+            (f"neurons.{i}.{name}", p) for i, n in enumerate(self.neurons) for name, p in n.named_parameters()
+        ]
+
+    def __repr__(self) -> str:
+        return f"Layer of [{', '.join(str(n) for n in self.neurons)}]"
+
+
+class MLP(Module):
+    """A multi-layer perceptron: ``nin`` inputs, then a layer per entry of ``nouts``.
+
+    Hidden layers use ``activation`` (ReLU by default, as in micrograd); the last is linear.
+    """
+
+    def __init__(self, nin: int, nouts: list[int], activation: str = "relu") -> None:
+        sz = [nin] + list(nouts)
+        self.layers = [
+            Layer(sz[i], sz[i + 1], activation=activation if i != len(nouts) - 1 else "linear")
+            for i in range(len(nouts))
+        ]
+
+    def __call__(self, x: Sequence[Input]) -> Value | list[Value]:
+        out: Any = x
+        for layer in self.layers:
+            # A one-neuron hidden layer returns a bare Value; feed it on as a list (micrograd issue #13).
+            out = layer([out] if isinstance(out, Value) else out)
+        return out
+
+    def parameters(self) -> list[Value]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def named_parameters(self) -> list[tuple[str, Value]]:
+        return [
+            (f"layers.{i}.{name}", p)
+            for i, layer in enumerate(self.layers)
+            for name, p in layer.named_parameters()
+        ]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __repr__(self) -> str:
+        return f"MLP of [{', '.join(str(layer) for layer in self.layers)}]"
