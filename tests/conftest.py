@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import sys
@@ -36,6 +37,7 @@ def close(actual: float, expected: float, rel: float = 1e-9, abs_: float = 1e-9)
 @pytest.fixture(autouse=True)
 def no_unraisable_exceptions():
     """A panic or error inside a destructor only reaches sys.unraisablehook; fail on it."""
+    gc.collect()  # so that one test's garbage is not freed in the middle of another's node counts
     seen = []
     previous = sys.unraisablehook
     sys.unraisablehook = seen.append

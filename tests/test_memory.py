@@ -40,6 +40,7 @@ def test_ten_thousand_training_steps_keep_memory_flat():
     params = [Value(random.uniform(-1, 1)) for _ in range(12)]
     xs = [[random.uniform(-1, 1), random.uniform(-1, 1)] for _ in range(4)]
     ys = [1.0, -1.0, 1.0, -1.0]
+    gc.collect()
     baseline_nodes = gradrs.live_nodes()
     for _ in range(100):
         train_step(params, xs, ys)

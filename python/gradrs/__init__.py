@@ -5,6 +5,7 @@ the same operators, ``.data``, ``.grad`` and ``.backward()``, computed by a
 Rust core that frees each graph as soon as nothing refers to it.
 """
 
+from gradrs import losses, nn
 from gradrs._core import (
     AnomalyError,
     ParamGroup,
@@ -16,6 +17,7 @@ from gradrs._core import (
     sum,
 )
 from gradrs.bulk import data_of, grad_of, leaves
+from gradrs.grad_mode import enable_grad, no_grad
 
 __all__ = [
     "AnomalyError",
@@ -23,13 +25,28 @@ __all__ = [
     "Value",
     "__version__",
     "data_of",
+    "datasets",
     "dot",
+    "enable_grad",
     "grad_of",
     "is_grad_enabled",
     "leaves",
     "live_nodes",
+    "losses",
+    "nn",
+    "no_grad",
+    "optim",
     "sum",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # optim and datasets need numpy; import them on first use so `import gradrs` stays light.
+    if name in ("optim", "datasets"):
+        import importlib
+
+        return importlib.import_module(f"gradrs.{name}")
+    raise AttributeError(f"module 'gradrs' has no attribute {name!r}")
 
 
 def live_nodes() -> int:

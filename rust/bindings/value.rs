@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use gradrs_engine::op::Arity;
 use gradrs_engine::{Arena, EngineError, NodeId, Op, ARENA};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -136,9 +137,9 @@ pub(crate) fn record_locked(arena: &mut Arena, op: Op, children: &[NodeId]) -> P
         let data = arena.evaluate(&op, children).map_err(engine_error)?;
         arena.leaf(data)
     } else {
-        match *children {
-            [a] => arena.apply1(op, a),
-            [a, b] => arena.apply2(op, a, b),
+        match (op.arity(), children) {
+            (Arity::One, &[a]) => arena.apply1(op, a),
+            (Arity::Two, &[a, b]) => arena.apply2(op, a, b),
             _ => arena.apply(op, children),
         }
     }

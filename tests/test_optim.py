@@ -1,0 +1,88 @@
+"""Optimisers follow torch.optim's formulas; schedulers follow the demo's decay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradrs import Value, optim
+
+
+def run(opt_factory, grads_per_step):
+    ps = [Value(1.0), Value(-2.0)]
+    opt = opt_factory(ps)
+    for g in grads_per_step:
+        opt.zero_grad()
+        for p, gi in zip(ps, g, strict=True):
+            p.grad = gi
+        opt.step()
+    return np.array([p.data for p in ps])
+
+
+GRADS = [np.array([0.5, -1.0]), np.array([0.25, 0.5]), np.array([-1.0, 2.0])]
+
+
+def test_plain_sgd_is_p_minus_lr_g():
+    out = run(lambda ps: optim.SGD(ps, lr=0.1), GRADS)
+    np.testing.assert_allclose(out, np.array([1.0, -2.0]) - 0.1 * sum(GRADS), rtol=1e-15)
+
+
+def test_sgd_momentum_nesterov_weight_decay():
+    lr, mu, wd = 0.1, 0.9, 0.01
+    p, b = np.array([1.0, -2.0]), np.zeros(2)
+    for g in GRADS:
+        g = g + wd * p
+        b = mu * b + g
+        p = p - lr * (g + mu * b)
+    out = run(lambda ps: optim.SGD(ps, lr=lr, momentum=mu, weight_decay=wd, nesterov=True), GRADS)
+    np.testing.assert_allclose(out, p, rtol=1e-14)
+
+
+@pytest.mark.parametrize("cls,decoupled", [(optim.Adam, False), (optim.AdamW, True)])
+def test_adam_and_adamw(cls, decoupled):
+    lr, b1, b2, eps, wd = 0.01, 0.9, 0.999, 1e-8, 0.1
+    p, m, v = np.array([1.0, -2.0]), np.zeros(2), np.zeros(2)
+    for t, g in enumerate(GRADS, start=1):
+        if decoupled:
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        m = m + (1 - b1) * (g - m)
+        v = v * b2 + (1 - b2) * g * g
+        p = p - lr / (1 - b1**t) * (m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps))
+    out = run(lambda ps: cls(ps, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd), GRADS)
+    np.testing.assert_allclose(out, p, rtol=1e-14)
+
+
+def test_against_torch_when_installed():
+    torch = pytest.importorskip("torch")
+    ps = [Value(1.0), Value(-2.0)]
+    tp = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    ours = optim.AdamW(ps, lr=0.01, weight_decay=0.1)
+    theirs = torch.optim.AdamW([tp], lr=0.01, weight_decay=0.1)
+    for g in GRADS:
+        for p, gi in zip(ps, g, strict=True):
+            p.grad = gi
+        tp.grad = torch.tensor(g)
+        ours.step()
+        theirs.step()
+    np.testing.assert_allclose([p.data for p in ps], tp.detach().numpy(), rtol=1e-13)
+
+
+def test_linear_lr_reproduces_the_demo_schedule():
+    opt = optim.SGD([Value(0.0)], lr=0.5)
+    sched = optim.LinearLR(opt, 1.0, 0.1, 100)
+    seen = []
+    for _ in range(100):
+        seen.append(opt.lr)
+        sched.step()
+    assert seen == pytest.approx([1.0 - 0.9 * k / 100 for k in range(100)], rel=1e-15)
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="learning rate"):
+        optim.SGD([Value(1.0)], lr=-1)
+    with pytest.raises(ValueError, match="betas"):
+        optim.Adam([Value(1.0)], betas=(1.0, 0.9))
