@@ -147,3 +147,35 @@ def test_training_lowers_the_loss_and_frees_graphs():
     assert loss.data < first / 10
     del loss
     assert gradrs.live_nodes() == baseline
+
+
+def test_layer_notices_replaced_parameters_and_neurons():
+    layer = nn.Layer(2, 2, nonlin=False)
+    x = [1.0, 2.0]
+    before = [v.data for v in layer(x)]
+    layer.neurons[0].w[1] = Value(10.0)  # replace a weight Value in place
+    layer.neurons[1].b = Value(-5.0)
+    after = [v.data for v in layer(x)]
+    assert after[0] == layer.neurons[0].w[0].data * 1.0 + 10.0 * 2.0
+    assert after[1] == before[1] - 5.0
+    layer.neurons[1] = nn.Neuron(2, nonlin=False)
+    layer.neurons[1].w = [Value(1.0), Value(1.0)]
+    assert layer(x)[1].data == 3.0
+    # the fused layer and one-by-one neurons agree, gradients included
+    out = layer(x)
+    (out[0] * out[1]).backward()
+    fused = [p.grad for p in layer.parameters()]
+    layer.zero_grad()
+    one_by_one = [n(x) for n in layer.neurons]
+    (one_by_one[0] * one_by_one[1]).backward()
+    assert [p.grad for p in layer.parameters()] == fused
+
+
+def test_copied_layers_rebind_their_own_values():
+    layer = nn.Layer(2, 3)
+    x = [0.5, -0.25]
+    layer(x)  # build the fused form
+    twin = copy.deepcopy(layer)
+    twin.neurons[0].w[0].data += 1.0
+    assert twin(x)[0].data != layer(x)[0].data or twin(x)[0].data == 0.0
+    assert [v.data for v in pickle.loads(pickle.dumps(layer))(x)] == [v.data for v in layer(x)]

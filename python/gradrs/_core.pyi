@@ -10,6 +10,7 @@ _Number: TypeAlias = SupportsFloat | SupportsIndex
 
 __all__ = [
     "AnomalyError",
+    "Dense",
     "ParamGroup",
     "Value",
     "_capacity",
@@ -124,3 +125,14 @@ class ParamGroup:
         m: npt.NDArray[np.float64],
         v: npt.NDArray[np.float64],
     ) -> None: ...
+
+@final
+class Dense:
+    """A layer of neurons evaluated in one call: ``act(W x + b)``, one Dot node per neuron."""
+
+    def __new__(cls, weights: Iterable[Iterable[Value]], biases: Iterable[Value], activation_name: str) -> Dense: ...
+    def __call__(self, inputs: Iterable[Value | _Number]) -> list[Value]: ...
+    @property
+    def nin(self) -> int: ...
+    @property
+    def nout(self) -> int: ...

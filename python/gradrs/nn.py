@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradrs._core import ParamGroup, Value, dot
+from gradrs._core import Dense, ParamGroup, Value, dot
 
 if TYPE_CHECKING:
     import numpy as np
@@ -116,15 +116,137 @@ def _activation(nonlin: bool, activation: str | None) -> str:
     return activation
 
 
+class _LayerCache:
+    """The compiled form of a layer (a ``Dense``), dropped whenever its parameters change."""
+
+    __slots__ = ("dense",)
+
+    def __init__(self) -> None:
+        self.dense: Dense | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # copies and pickles rebuild it from their own Values
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.dense = None
+
+
+class _WatchedList(list):  # type: ignore[type-arg]
+    """A list (of weights, or of neurons) that drops its layer's cache when it changes."""
+
+    _cache: _LayerCache | None = None
+
+    def _changed(self) -> None:
+        if self._cache is not None:
+            self._cache.dense = None
+
+    def __setitem__(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().__setitem__(*args, **kwargs)
+        self._changed()
+        return result
+
+    def __delitem__(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().__delitem__(*args, **kwargs)
+        self._changed()
+        return result
+
+    def append(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().append(*args, **kwargs)
+        self._changed()
+        return result
+
+    def extend(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().extend(*args, **kwargs)
+        self._changed()
+        return result
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().insert(*args, **kwargs)
+        self._changed()
+        return result
+
+    def pop(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().pop(*args, **kwargs)
+        self._changed()
+        return result
+
+    def remove(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().remove(*args, **kwargs)
+        self._changed()
+        return result
+
+    def clear(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().clear(*args, **kwargs)
+        self._changed()
+        return result
+
+    def reverse(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().reverse(*args, **kwargs)
+        self._changed()
+        return result
+
+    def sort(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().sort(*args, **kwargs)
+        self._changed()
+        return result
+
+    def __iadd__(self, other: Any) -> Any:
+        result = super().__iadd__(other)
+        self._changed()
+        return result
+
+    def __imul__(self, n: Any) -> Any:
+        result = super().__imul__(n)
+        self._changed()
+        return result
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (list, (list(self),))  # copies are plain lists; their owner watches them again
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        import copy
+
+        return [copy.deepcopy(item, memo) for item in self]
+
+
 class Neuron(Module):
     """``act(w · x + b)`` with ``nin`` weights drawn from ``random.uniform(-1, 1)`` and ``b = 0``."""
 
     def __init__(self, nin: int, nonlin: bool = True, activation: str | None = None) -> None:
+        self._cache = _LayerCache()
         self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
         self.b = Value(0)
         self.activation = _activation(nonlin, activation)
         self.nonlin = self.activation != "linear"
         self._act = _ACTIVATIONS[self.activation][1]
+
+    @property
+    def w(self) -> list[Value]:
+        return self._w
+
+    @w.setter
+    def w(self, weights: list[Value]) -> None:
+        self._w = _WatchedList(weights)
+        self._w._cache = self._cache
+        self._cache.dense = None
+
+    @property
+    def b(self) -> Value:
+        return self._b
+
+    @b.setter
+    def b(self, bias: Value) -> None:
+        self._b = bias
+        self._cache.dense = None
+
+    def _bind(self, cache: _LayerCache) -> None:
+        """Makes changes to this neuron's parameters reset ``cache`` (its layer's)."""
+        self._cache = cache
+        self._w._cache = cache
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.w = list(self._w)  # watch the restored list again
 
     def __call__(self, x: Sequence[Input]) -> Value:
         # micrograd's zip() silently drops extra inputs; a wrong size here is almost always a bug.
@@ -144,13 +266,47 @@ class Neuron(Module):
 
 
 class Layer(Module):
-    """``nout`` neurons over the same ``nin`` inputs; keyword arguments go to each ``Neuron``."""
+    """``nout`` neurons over the same ``nin`` inputs; keyword arguments go to each ``Neuron``.
+
+    A call evaluates every neuron in one call into the engine (each neuron is still one node);
+    replacing a neuron or one of its Values is noticed and handled.
+    """
 
     def __init__(self, nin: int, nout: int, **kwargs: Any) -> None:
+        self._cache = _LayerCache()
         self.neurons = [Neuron(nin, **kwargs) for _ in range(nout)]
 
+    @property
+    def neurons(self) -> list[Neuron]:
+        return self._neurons
+
+    @neurons.setter
+    def neurons(self, neurons: list[Neuron]) -> None:
+        self._neurons = _WatchedList(neurons)
+        self._neurons._cache = self._cache
+        self._cache.dense = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.neurons = list(self._neurons)
+
+    def _dense(self) -> Dense | None:
+        neurons = self._neurons
+        activations = {n.activation for n in neurons}
+        if len(activations) != 1 or not neurons:
+            return None  # mixed activations: call the neurons one by one
+        for n in neurons:
+            n._bind(self._cache)
+        dense = Dense([n.w for n in neurons], [n.b for n in neurons], activations.pop())
+        self._cache.dense = dense
+        return dense
+
     def __call__(self, x: Sequence[Input]) -> Value | list[Value]:
-        out = [n(x) for n in self.neurons]
+        dense = self._cache.dense or self._dense()
+        if dense is not None and len(x) == dense.nin:
+            out = dense(x)
+        else:
+            out = [n(x) for n in self._neurons]
         return out[0] if len(out) == 1 else out
 
     def parameters(self) -> list[Value]:

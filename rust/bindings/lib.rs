@@ -2,6 +2,7 @@
 //! `gradrs-engine`, and converts results back. No autodiff logic lives here.
 
 mod bulk;
+mod dense;
 mod fused;
 mod value;
 
@@ -20,6 +21,9 @@ mod _core {
 
     #[pymodule_export]
     use crate::bulk::{leaves, ParamGroup};
+
+    #[pymodule_export]
+    use crate::dense::Dense;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

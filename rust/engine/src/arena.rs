@@ -163,7 +163,7 @@ pub struct Arena {
 
 /// Slots kept allocated after the last node dies; beyond this the storage is
 /// returned to the allocator so one huge graph does not pin its memory forever.
-const KEEP_SLOTS_WHEN_EMPTY: usize = 1 << 16;
+const KEEP_SLOTS_WHEN_EMPTY: usize = 1 << 20;
 
 impl Arena {
     pub const fn new() -> Self {

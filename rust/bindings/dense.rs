@@ -1,0 +1,198 @@
+//! A whole layer of neurons in one call: `act(W x + b)` for every row of `W`, each
+//! neuron one `Dot` node as `gradrs.dot` makes, but with the weights' handles held
+//! here so a forward pass does not convert them again for every sample.
+
+use gradrs_engine::{NodeId, Op, ARENA};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyList};
+
+use crate::value::{engine_error, real_number, record_locked, wrap, PyValue};
+
+#[pyclass(module = "gradrs", frozen)]
+pub struct Dense {
+    /// `nout` rows of `nin` weights, then the `nout` biases.
+    params: Vec<NodeId>,
+    nin: usize,
+    nout: usize,
+    activation: Option<Op>,
+}
+
+impl Drop for Dense {
+    fn drop(&mut self) {
+        for &id in &self.params {
+            ARENA.release_soon(id);
+        }
+    }
+}
+
+fn activation(name: &str) -> PyResult<Option<Op>> {
+    match name {
+        "relu" => Ok(Some(Op::Relu)),
+        "tanh" => Ok(Some(Op::Tanh)),
+        "sigmoid" => Ok(Some(Op::Sigmoid)),
+        "linear" => Ok(None),
+        other => Err(PyValueError::new_err(format!(
+            "unknown activation {other:?}; choose relu, tanh, sigmoid or linear"
+        ))),
+    }
+}
+
+fn value_id(item: &Bound<'_, PyAny>) -> PyResult<NodeId> {
+    Ok(item.cast::<PyValue>()?.get().id)
+}
+
+#[pymethods]
+impl Dense {
+    /// `weights`: one list of `nin` Values per neuron; `biases`: one Value per neuron.
+    #[new]
+    fn new(weights: &Bound<'_, PyAny>, biases: &Bound<'_, PyAny>, activation_name: &str) -> PyResult<Self> {
+        let rows = weights.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+        let biases = biases.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+        if rows.len() != biases.len() {
+            return Err(PyValueError::new_err(format!(
+                "{} weight rows but {} biases",
+                rows.len(),
+                biases.len()
+            )));
+        }
+        let mut params = Vec::new();
+        let mut nin = None;
+        for row in &rows {
+            let row = row.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+            if *nin.get_or_insert(row.len()) != row.len() {
+                return Err(PyValueError::new_err(
+                    "every neuron needs the same number of weights",
+                ));
+            }
+            for w in &row {
+                params.push(value_id(w)?);
+            }
+        }
+        for b in &biases {
+            params.push(value_id(b)?);
+        }
+        let mut arena = ARENA.lock();
+        for (n, &id) in params.iter().enumerate() {
+            if let Err(err) = arena.retain(id) {
+                for &done in &params[..n] {
+                    arena.release(done);
+                }
+                return Err(engine_error(err));
+            }
+        }
+        Ok(Dense {
+            params,
+            nin: nin.unwrap_or(0),
+            nout: rows.len(),
+            activation: activation(activation_name)?,
+        })
+    }
+
+    /// The layer's outputs for `inputs` (Values or numbers), one Value per neuron.
+    fn __call__<'py>(&self, py: Python<'py>, inputs: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        enum Input {
+            Node(NodeId),
+            Number(f64),
+        }
+        let list;
+        let items = match inputs.cast_exact::<PyList>() {
+            Ok(l) => l,
+            Err(_) => {
+                list = PyList::new(py, inputs.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
+                &list
+            }
+        };
+        if items.len() != self.nin {
+            return Err(PyValueError::new_err(format!(
+                "this layer expects {} inputs, got {}",
+                self.nin,
+                items.len()
+            )));
+        }
+        let mut xs = Vec::with_capacity(self.nin);
+        for item in items.iter() {
+            xs.push(if let Ok(v) = item.cast_exact::<PyValue>() {
+                Input::Node(v.get().id)
+            } else if let Ok(f) = item.cast_exact::<PyFloat>() {
+                Input::Number(f.value())
+            } else if let Ok(v) = item.cast::<PyValue>() {
+                Input::Node(v.get().id)
+            } else {
+                Input::Number(real_number(&item, "layer input")?)
+            });
+        }
+        let outputs = {
+            let mut arena = ARENA.lock();
+            let mut constants = Vec::new();
+            let mut inputs = Vec::with_capacity(self.nin);
+            let mut failure = None;
+            for x in &xs {
+                match *x {
+                    Input::Node(id) => inputs.push(id),
+                    Input::Number(c) => match arena.leaf(c) {
+                        Ok(id) => {
+                            constants.push(id);
+                            inputs.push(id);
+                        }
+                        Err(err) => {
+                            failure = Some(engine_error(err));
+                            break;
+                        }
+                    },
+                }
+            }
+            let mut outputs = Vec::with_capacity(self.nout);
+            let mut children = Vec::with_capacity(2 * self.nin + 1);
+            if failure.is_none() {
+                for j in 0..self.nout {
+                    children.clear();
+                    children.extend_from_slice(&self.params[j * self.nin..(j + 1) * self.nin]);
+                    children.extend_from_slice(&inputs);
+                    children.push(self.params[self.nout * self.nin + j]);
+                    let step =
+                        record_locked(&mut arena, Op::Dot, &children).and_then(|pre| match self.activation {
+                            None => Ok(pre),
+                            Some(op) => {
+                                let out = record_locked(&mut arena, op, &[pre]);
+                                arena.release(pre); // the activation's node holds it now
+                                out
+                            }
+                        });
+                    match step {
+                        Ok(id) => outputs.push(id),
+                        Err(err) => {
+                            failure = Some(err);
+                            break;
+                        }
+                    }
+                }
+            }
+            for id in constants {
+                arena.release(id);
+            }
+            if let Some(err) = failure {
+                for id in outputs {
+                    arena.release(id);
+                }
+                return Err(err);
+            }
+            outputs
+        };
+        let handles = outputs
+            .into_iter()
+            .map(|id| wrap(py, id))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, handles)
+    }
+
+    #[getter]
+    fn nin(&self) -> usize {
+        self.nin
+    }
+
+    #[getter]
+    fn nout(&self) -> usize {
+        self.nout
+    }
+}
