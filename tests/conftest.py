@@ -46,3 +46,14 @@ def no_unraisable_exceptions():
     finally:
         sys.unraisablehook = previous
     assert not seen, f"unraisable exception(s) during the test: {[str(s.exc_value) for s in seen]}"
+
+
+# Speedup ratios measured by test_speedup.py, printed at the end of the run so CI logs show them.
+SPEEDUPS: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SPEEDUPS:
+        terminalreporter.section("speedups over micrograd measured in this run")
+        for name, ratio in SPEEDUPS.items():
+            terminalreporter.write_line(f"{name}: {ratio:.0f}x")

@@ -1,0 +1,115 @@
+"""Speedup profiles: gradrs against micrograd in the same run, on small sizes.
+
+Floors are a third of the issue's targets or lower, because these machines are shared and a
+ratio can move 2x between runs; absolute times are never asserted. The measured ratios are
+printed so that CI logs show them (`pytest -s` not needed: they go to the terminal reporter).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from gradrs import bench
+
+from conftest import SPEEDUPS as RATIOS
+
+
+def engines():
+    chosen = {e.name: e for e in bench.available_engines()}
+    return chosen["gradrs"], chosen["gradrs-mgstyle"], chosen["micrograd"]
+
+
+def median_time(fn, repeats):
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def test_eager_ops():
+    gradrs_engine, _, micrograd_engine = engines()
+    leaf_data = bench._leaf_values(256, seed=0)
+    timings = {}
+    for engine in (gradrs_engine, micrograd_engine):
+        fwd, bwd = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            total, leaves, ops = bench.eager_graph(engine, 10_000, leaf_data)
+            t1 = time.perf_counter()
+            total.backward()
+            t2 = time.perf_counter()
+            fwd.append((t1 - t0) / ops)
+            bwd.append((t2 - t1) / ops)
+            del total, leaves
+        timings[engine.name] = (statistics.median(fwd), statistics.median(bwd))
+    forward = timings["micrograd"][0] / timings["gradrs"][0]
+    backward = timings["micrograd"][1] / timings["gradrs"][1]
+    RATIOS["eager forward per op"] = forward
+    RATIOS["eager backward per node"] = backward
+    assert forward >= 15
+    assert backward >= 10
+
+
+def training_ratio(nin, nouts, X, y, step, repeats=5):
+    gradrs_engine, mgstyle_engine, micrograd_engine = engines()
+    weights = np.random.default_rng(42).uniform(-1, 1, size=bench._n_params(nin, nouts))
+    times = {}
+    for engine in (gradrs_engine, mgstyle_engine, micrograd_engine):
+        model = bench._model(engine, nin, nouts, weights)
+        group = bench.gradrs.ParamGroup(model.parameters()) if engine.name == "gradrs" else None
+        step(engine, model, X, y, group)  # warm up
+        times[engine.name] = median_time(lambda e=engine, m=model, g=group: step(e, m, X, y, g), repeats)
+    return times["micrograd"] / times["gradrs"], times["micrograd"] / times["gradrs-mgstyle"]
+
+
+def test_demo_training_step():
+    X, y = bench._moons(30)
+    nn_ratio, mgstyle_ratio = training_ratio(2, [16, 16, 1], X, y, bench.demo_step)
+    RATIOS["demo step (gradrs.nn)"] = nn_ratio
+    RATIOS["demo step (micrograd-style code on gradrs)"] = mgstyle_ratio
+    assert nn_ratio >= 60
+    assert mgstyle_ratio >= 10
+
+
+def test_mlp_batch():
+    rng = np.random.default_rng(7)
+    X = rng.uniform(-1, 1, size=(4, 16))
+    targets = np.eye(10)[rng.integers(0, 10, size=4)]
+    nn_ratio, _ = training_ratio(16, [16, 16, 10], X, targets, bench.mlp_step)
+    RATIOS["MLP(16,[16,16,10]) batch 4"] = nn_ratio
+    assert nn_ratio >= 15
+
+
+def test_bench_command_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "gradrs.bench", "--quick", "--repeats", "2", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "targets:" in result.stdout
+    payload = json.loads(out.read_text())
+    workloads = {t["workload"] for t in payload["timings"]}
+    assert {"eager forward", "eager backward", "demo step", "100k-step chain", "mlp16 batch4"} <= workloads
+    engines_seen = {t["engine"] for t in payload["timings"]}
+    assert {"gradrs", "gradrs-mgstyle", "micrograd", "micrograd-gc-off"} <= engines_seen
+    assert all(t["median"] > 0 for t in payload["timings"])
+
+
+def test_agreement_check_fails_loudly():
+    bench.check_agreement("same", {"a": (1.0, [0.5, 2.0]), "b": (1.0 + 1e-12, [0.5, 2.0])})
+    with pytest.raises(bench.BenchmarkError, match="computed loss"):
+        bench.check_agreement("loss", {"a": (1.0, [0.5]), "b": (1.001, [0.5])})
+    with pytest.raises(bench.BenchmarkError, match="gradient 1"):
+        bench.check_agreement("grads", {"a": (1.0, [0.5, 2.0]), "b": (1.0, [0.5, 2.1])})
