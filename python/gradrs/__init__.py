@@ -16,19 +16,24 @@ from gradrs._core import (
     is_grad_enabled,
     sum,
 )
+from gradrs.anomaly import detect_anomaly
 from gradrs.bulk import data_of, grad_of, leaves
 from gradrs.grad_mode import enable_grad, no_grad
+from gradrs.gradcheck import GradcheckError, gradcheck
 
 __all__ = [
     "AnomalyError",
+    "GradcheckError",
     "ParamGroup",
     "Value",
     "__version__",
     "data_of",
     "datasets",
+    "detect_anomaly",
     "dot",
     "enable_grad",
     "grad_of",
+    "gradcheck",
     "is_grad_enabled",
     "leaves",
     "live_nodes",

@@ -1,0 +1,38 @@
+"""``detect_anomaly()``: stop at the first op that produces nan, and say which."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from gradrs._core import AnomalyError, _set_detect_anomaly
+
+__all__ = ["AnomalyError", "detect_anomaly"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class detect_anomaly:
+    """Inside it, the first op whose result or backward gradient is nan raises ``AnomalyError``.
+
+    The error names the op and its inputs' values (and, in backward, the gradient flowing into
+    it). Outside it, nan and inf follow IEEE arithmetic silently, as in PyTorch, and the check
+    costs nothing but one flag read per op. Usable as a decorator too. Like PyTorch's, the
+    setting is process-wide.
+    """
+
+    def __enter__(self) -> detect_anomaly:
+        self._previous = _set_detect_anomaly(True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _set_detect_anomaly(self._previous)
+
+    def __call__(self, fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with detect_anomaly():
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]

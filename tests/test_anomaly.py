@@ -1,0 +1,73 @@
+"""detect_anomaly: the first nan names its op; outside it, IEEE results and no cost."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from gradrs import AnomalyError, Value, detect_anomaly
+
+
+def test_nan_in_backward_names_the_op():
+    x = Value(0.0)
+    y = x**0.5 * 0.0  # d/dx sqrt(x) is inf at 0, times 0 -> nan
+    with detect_anomaly():
+        with pytest.raises(AnomalyError, match=r"backward of op '\*\*0.5' produced nan") as err:
+            y.backward()
+    assert "inputs were [0.0]" in str(err.value)
+    y.backward()  # outside: IEEE, silently
+    assert math.isnan(x.grad)
+
+
+def test_nan_in_forward_names_the_op_and_inputs():
+    with detect_anomaly():
+        with pytest.raises(
+            AnomalyError, match=r"op '\*\*0.5' produced nan in the forward pass from inputs \[-1.0\]"
+        ):
+            Value(-1.0) ** 0.5
+        with pytest.raises(AnomalyError, match=r"op 'log' produced nan"):
+            Value(-1.0).log()
+        with pytest.raises(AnomalyError, match=r"op '-' produced nan"):
+            Value(math.inf) - Value(math.inf)
+        assert Value(0.0).log().data == -math.inf  # inf is not an anomaly, as in PyTorch
+    assert math.isnan((Value(-1.0) ** 0.5).data)
+
+
+def test_restores_the_previous_state_and_works_as_decorator():
+    @detect_anomaly()
+    def risky():
+        return Value(-1.0).log()
+
+    with pytest.raises(AnomalyError):
+        risky()
+    assert math.isnan(Value(-1.0).log().data)
+    try:
+        with detect_anomaly():
+            raise KeyError
+    except KeyError:
+        pass
+    assert math.isnan(Value(-1.0).log().data)
+
+
+def test_costs_nothing_outside():
+    def work():
+        x = Value(0.5)
+        for _ in range(20_000):
+            x = (x * 1.0001).tanh() + 0.0001
+        x.backward()
+
+    def best(n=5):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    before = best()
+    with detect_anomaly():
+        pass
+    after = best()
+    assert after < 1.5 * before, (before, after)
