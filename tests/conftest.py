@@ -5,10 +5,23 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# A fixed, derandomized profile so CI is repeatable; HYPOTHESIS_PROFILE=long for a deeper search.
+settings.register_profile(
+    "ci",
+    max_examples=300,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+settings.register_profile("long", parent=settings.get_profile("ci"), max_examples=5000, derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 # The project's shared references sit beside the clone; a copy ships in tests/data
