@@ -328,6 +328,7 @@ class MLP(Module):
     """
 
     def __init__(self, nin: int, nouts: list[int], activation: str = "relu") -> None:
+        _activation(True, activation)  # refuse an unknown name even when every layer is the output
         sz = [nin] + list(nouts)
         self.layers = [
             Layer(sz[i], sz[i + 1], activation=activation if i != len(nouts) - 1 else "linear")

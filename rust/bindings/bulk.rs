@@ -5,11 +5,11 @@
 use gradrs_engine::optim::{Adam, Sgd};
 use gradrs_engine::{NodeId, ARENA};
 use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::value::{engine_error, wrap, PyValue};
+use crate::value::{engine_error, type_name, wrap, PyValue};
 
 /// One new leaf Value per element of a 1-d float64 array.
 #[pyfunction]
@@ -83,7 +83,14 @@ impl ParamGroup {
         let objects = values.try_iter()?.collect::<PyResult<Vec<_>>>()?;
         let ids = objects
             .iter()
-            .map(|item| Ok(item.cast::<PyValue>()?.get().id))
+            .enumerate()
+            .map(|(i, item)| match item.cast::<PyValue>() {
+                Ok(value) => Ok(value.get().id),
+                Err(_) => Err(PyTypeError::new_err(format!(
+                    "ParamGroup takes Values; item {i} is {}",
+                    type_name(item)
+                ))),
+            })
             .collect::<PyResult<Vec<_>>>()?;
         let mut arena = ARENA.lock();
         for (n, &id) in ids.iter().enumerate() {

@@ -83,15 +83,19 @@ pub(crate) fn real_number(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
         if err.is_instance_of::<pyo3::exceptions::PyOverflowError>(obj.py()) {
             return err;
         }
-        let type_name = obj
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
         PyTypeError::new_err(format!(
-            "{what} must be a real number (int, float or numpy scalar), not {type_name}"
+            "{what} must be a real number (int, float or numpy scalar), not {}",
+            type_name(obj)
         ))
     })
+}
+
+/// The name of `obj`'s type, for error messages.
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 #[cold]
