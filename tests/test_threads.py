@@ -115,7 +115,7 @@ def test_soak_four_trainers_and_a_churning_main_thread():
     for t in trainers:
         t.start()
     churned = 0
-    while any(t.is_alive() for t in trainers):
+    while churned < 20 or any(t.is_alive() for t in trainers):
         vals = [Value(float(k)) for k in range(100)]
         total = gradrs.sum(v * 2 for v in vals)
         total.backward()
