@@ -121,8 +121,6 @@ struct Node {
     /// Handles plus parent edges referring to this node; 0 means the slot is free.
     refs: u32,
     gen: u32,
-    /// Traversal stamp: equal to the arena's epoch when visited in the current walk.
-    mark: u32,
 }
 
 impl Node {
@@ -134,7 +132,6 @@ impl Node {
             children: Children::None,
             refs: 0,
             gen: 0,
-            mark: 0,
         }
     }
 }
@@ -150,6 +147,9 @@ pub struct NodeView<'a> {
 #[derive(Debug, Default)]
 pub struct Arena {
     nodes: Vec<Node>,
+    /// Traversal stamps, one per slot, equal to `epoch` once visited in the current walk. Kept
+    /// apart from the nodes so that a walk's "seen it?" test reads 4 bytes, not a node's line.
+    marks: Vec<u32>,
     free: Vec<u32>,
     live: usize,
     epoch: u32,
@@ -171,6 +171,7 @@ impl Arena {
     pub const fn new() -> Self {
         Arena {
             nodes: Vec::new(),
+            marks: Vec::new(),
             free: Vec::new(),
             live: 0,
             epoch: 0,
@@ -289,6 +290,7 @@ impl Arena {
                     return Err(EngineError::TooManyNodes);
                 }
                 self.nodes.push(Node::vacant());
+                self.marks.push(0);
                 slot
             }
         };
@@ -378,6 +380,7 @@ impl Arena {
     /// because no handle can exist while nothing is live.
     fn shrink(&mut self) {
         self.nodes = Vec::new();
+        self.marks = Vec::new();
         self.free = Vec::new();
         self.worklist = Vec::new();
         self.order = Vec::new();
@@ -501,9 +504,7 @@ impl Arena {
     fn next_epoch(&mut self) -> u32 {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
-            for node in &mut self.nodes {
-                node.mark = 0;
-            }
+            self.marks.fill(0);
             self.epoch = 1;
         }
         self.epoch
@@ -519,15 +520,15 @@ impl Arena {
         order.clear();
         stack.clear();
         stack.push((root, 0));
-        self.nodes[root as usize].mark = epoch;
+        self.marks[root as usize] = epoch;
         while let Some(top) = stack.last_mut() {
             let (slot, next) = *top;
             match self.nodes[slot as usize].children.get(next as usize) {
                 Some(child) => {
                     top.1 += 1;
-                    let child_node = &mut self.nodes[child as usize];
-                    if child_node.mark != epoch {
-                        child_node.mark = epoch;
+                    let mark = &mut self.marks[child as usize];
+                    if *mark != epoch {
+                        *mark = epoch;
                         stack.push((child, 0));
                     }
                 }
