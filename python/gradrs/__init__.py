@@ -23,10 +23,12 @@ from gradrs.gradcheck import GradcheckError, gradcheck
 
 __all__ = [
     "AnomalyError",
+    "Compiled",
     "GradcheckError",
     "ParamGroup",
     "Value",
     "__version__",
+    "compile",
     "data_of",
     "datasets",
     "detect_anomaly",
@@ -46,11 +48,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # optim and datasets need numpy; import them on first use so `import gradrs` stays light.
+    # These need numpy; import them on first use so `import gradrs` stays light.
     if name in ("optim", "datasets"):
         import importlib
 
         return importlib.import_module(f"gradrs.{name}")
+    if name in ("compile", "Compiled"):
+        from gradrs import compiler
+
+        return getattr(compiler, name)
     raise AttributeError(f"module 'gradrs' has no attribute {name!r}")
 
 

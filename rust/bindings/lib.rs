@@ -2,6 +2,7 @@
 //! `gradrs-engine`, and converts results back. No autodiff logic lives here.
 
 mod bulk;
+mod compile;
 mod dense;
 mod fused;
 mod value;
@@ -24,6 +25,9 @@ mod _core {
 
     #[pymodule_export]
     use crate::dense::Dense;
+
+    #[pymodule_export]
+    use crate::compile::PyProgram;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -2,12 +2,13 @@
 //!
 //! It knows nothing of Python. `op` is the calculus (one table of forward rules
 //! and local derivatives), `arena` stores nodes and back-propagates through
-//! them, `optim` updates parameter groups, and `shared` is the process-wide
-//! arena the Python binding uses.
+//! them, `optim` updates parameter groups, `program` records a graph once and
+//! replays it, and `shared` is the process-wide arena the Python binding uses.
 
 pub mod arena;
 pub mod op;
 pub mod optim;
+pub mod program;
 pub mod shared;
 
 pub use arena::{Arena, EngineError, NodeId, NodeView};

@@ -1,0 +1,153 @@
+"""``gradrs.compile``: record a function's graph once, replay it forward and backward in Rust.
+
+Every training step of a micrograd-style model rebuilds the same graph op by op from Python.
+``compile(fn)`` traces ``fn`` once into a flat program; later calls write their inputs into the
+program's slots and replay it without Python per node. What comes back are Values whose
+``backward()`` fills the parameters' ``.grad`` as eager mode would.
+
+Semantics, as in ``jax.jit``:
+
+- Arguments that are numbers, numpy arrays, Values, or lists/tuples of them become input slots;
+  anything else is static (part of the cache key, by identity). A call whose arguments have
+  another structure (types, lengths, shapes) traces again; it never reuses a wrong program.
+- Python control flow that depends on values (``if v.data > 0``) is baked in at trace time: the
+  program replays the branch the trace took.
+- Every Value ``fn`` closes over that is a leaf (a model's parameters) is read again at every
+  replay, so updates to ``.data`` are seen. Interior nodes made before the call are recomputed
+  from their leaves.
+- Inside ``fn``, a numpy-array argument arrives as (nested) lists of Values of its shape.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gradrs._core import Program, Value
+
+__all__ = ["Compiled", "compile"]
+
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
+
+
+def _flatten(obj: Any, slots: list[Any], key: list[Any]) -> None:
+    """Appends ``obj``'s input slots (floats or Values) to ``slots`` and its structure to ``key``."""
+    if isinstance(obj, Value):
+        key.append("V")
+        slots.append(obj)
+    elif isinstance(obj, bool) or not isinstance(obj, (*_NUMBER_TYPES, np.ndarray, list, tuple)):
+        key.append(("static", id(obj)))
+    elif isinstance(obj, _NUMBER_TYPES):
+        key.append("n")
+        slots.append(float(obj))
+    elif isinstance(obj, np.ndarray):
+        key.append(("array", obj.shape))
+        slots.extend(np.asarray(obj, dtype=np.float64).reshape(-1).tolist())
+    else:
+        key.append((type(obj).__name__, len(obj)))
+        for item in obj:
+            _flatten(item, slots, key)
+
+
+def _rebuild(obj: Any, leaves: list[Value], at: list[int]) -> Any:
+    """``obj`` with each input slot replaced by the next leaf."""
+    if isinstance(obj, Value) or (isinstance(obj, _NUMBER_TYPES) and not isinstance(obj, bool)):
+        at[0] += 1
+        return leaves[at[0] - 1]
+    if isinstance(obj, np.ndarray):
+        flat = leaves[at[0] : at[0] + obj.size]
+        at[0] += obj.size
+        if obj.ndim == 0:
+            return flat[0]
+        nested: list[Any] = flat
+        for size in reversed(obj.shape[1:]):
+            nested = [nested[i : i + size] for i in range(0, len(nested), size)]
+        return nested
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_rebuild(item, leaves, at) for item in obj)
+    return obj
+
+
+class _Trace:
+    """One recorded program and the shape of what ``fn`` returned."""
+
+    def __init__(self, program: Program, single: bool, out_type: type) -> None:
+        self.program, self.single, self.out_type = program, single, out_type
+
+    def wrap(self, values: list[Value]) -> Any:
+        return values[0] if self.single else self.out_type(values)
+
+
+class Compiled:
+    """A compiled function: call it like ``fn``; ``map`` and ``batch`` run it over many samples."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self._traces: dict[tuple[Any, ...], _Trace] = {}
+
+    def _trace(self, args: tuple[Any, ...], slots: list[Any], key: tuple[Any, ...]) -> _Trace:
+        leaves = [Value(s.data if isinstance(s, Value) else s) for s in slots]
+        out = self.fn(*_rebuild(args, leaves, [0]))
+        single = isinstance(out, Value)
+        outputs = [out] if single else list(out) if isinstance(out, (list, tuple)) else None
+        if not outputs or not all(isinstance(v, Value) for v in outputs):
+            raise TypeError(
+                f"a compiled function must return a Value or a list/tuple of Values, got {type(out).__name__}"
+            )
+        trace = _Trace(Program(outputs, leaves), single, type(out))
+        self._traces[key] = trace
+        return trace
+
+    def _prepare(self, args: tuple[Any, ...]) -> tuple[_Trace, list[Any]]:
+        slots: list[Any] = []
+        key: list[Any] = []
+        _flatten(args, slots, key)
+        trace = self._traces.get(tuple(key))
+        if trace is None:
+            trace = self._trace(args, slots, tuple(key))
+        return trace, slots
+
+    def __call__(self, *args: Any) -> Any:
+        trace, slots = self._prepare(args)
+        data = np.array([s.data if isinstance(s, Value) else s for s in slots], dtype=np.float64)
+        attached = [s if isinstance(s, Value) else None for s in slots]
+        return trace.wrap(trace.program.run(data, attached))
+
+    def _rows(self, arrays: tuple[Any, ...]) -> tuple[_Trace, np.ndarray]:
+        if not arrays:
+            raise TypeError("map() and batch() need at least one array of samples")
+        arrays = tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+        n = arrays[0].shape[0]
+        if any(a.ndim == 0 or a.shape[0] != n for a in arrays):
+            raise ValueError("every array needs the same number of samples along its first axis")
+        trace, _ = self._prepare(tuple(a[0] for a in arrays))
+        rows = np.ascontiguousarray(np.concatenate([a.reshape(n, -1) for a in arrays], axis=1))
+        return trace, rows
+
+    def map(self, *arrays: Any, threads: int | None = None) -> np.ndarray:
+        """``fn`` of every sample (row ``i`` of each array), forward only: an (n, outputs) array."""
+        trace, rows = self._rows(arrays)
+        out = trace.program.map(rows, threads)
+        return out[:, 0] if trace.single else out
+
+    def batch(self, *arrays: Any, reduce: str = "mean", threads: int | None = None) -> Any:
+        """``fn`` over every sample, reduced ('mean' or 'sum'), without a Python loop.
+
+        The result (a Value, or the same kind of list as ``fn`` returns) back-propagates the
+        reduced gradient into the parameters. The samples are split across the machine's cores
+        with the GIL released; the result is identical to a one-thread run.
+        """
+        trace, rows = self._rows(arrays)
+        return trace.wrap(trace.program.batch(rows, reduce, threads))
+
+
+def compile(fn: Callable[..., Any]) -> Compiled:  # noqa: A001 - the public name, as torch.compile
+    """Records ``fn``'s graph on its first call and replays it natively afterwards.
+
+    See the module docstring for what is traced and when a new trace is made.
+    """
+    return Compiled(fn)

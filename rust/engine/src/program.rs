@@ -1,0 +1,423 @@
+//! A recorded program: a graph flattened once into a tape of instructions over
+//! registers, then replayed with new inputs, forward and backward, without the
+//! arena and without any per-node bookkeeping.
+//!
+//! Registers are laid out as `[inputs | parameters | one per instruction]`. Inputs
+//! are the slots a caller fills at each replay; parameters are the leaves the graph
+//! reads (a model's weights), fetched from the arena before each replay so that
+//! training updates are seen.
+
+use std::collections::HashMap;
+
+use crate::arena::{Arena, EngineError, NodeId, Result};
+use crate::op::Op;
+
+#[derive(Clone, Debug)]
+struct Instr {
+    op: Op,
+    /// Range into `Program::args`.
+    start: u32,
+    len: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Program {
+    n_inputs: usize,
+    params: Vec<NodeId>,
+    instrs: Vec<Instr>,
+    args: Vec<u32>,
+    outputs: Vec<u32>,
+}
+
+/// How a batch's per-row outputs are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    Sum,
+    Mean,
+}
+
+/// Rows per unit of work in a batch. Fixed, not derived from the thread count, so that a batch
+/// adds its numbers in the same order however many threads run it.
+pub const CHUNK_ROWS: usize = 32;
+
+impl Program {
+    /// Flattens the graph under `outputs`. Nodes in `inputs` become input slots; every other
+    /// leaf (and every compiled call's result) becomes a parameter read from the arena at each
+    /// replay; every other node becomes an instruction, recomputed from those at each replay.
+    pub fn record(arena: &Arena, outputs: &[NodeId], inputs: &[NodeId]) -> Result<Program> {
+        for &id in outputs.iter().chain(inputs) {
+            arena.view(id)?;
+        }
+        let order = post_order(arena, outputs)?;
+        let mut register: HashMap<NodeId, u32> = HashMap::new();
+        for (i, &id) in inputs.iter().enumerate() {
+            register.entry(id).or_insert(i as u32);
+        }
+        let mut params = Vec::new();
+        let mut interior = Vec::new();
+        for &id in &order {
+            if register.contains_key(&id) {
+                continue;
+            }
+            match arena.op(id)? {
+                Op::Leaf | Op::Recorded => params.push(id),
+                _ => interior.push(id),
+            }
+        }
+        let base = inputs.len();
+        for (i, &id) in params.iter().enumerate() {
+            register.insert(id, (base + i) as u32);
+        }
+        let base = base + params.len();
+        let mut instrs = Vec::with_capacity(interior.len());
+        let mut args = Vec::new();
+        for (i, &id) in interior.iter().enumerate() {
+            let start = args.len() as u32;
+            for child in arena.children(id)? {
+                args.push(register[&child]);
+            }
+            instrs.push(Instr {
+                op: *arena.op(id)?,
+                start,
+                len: args.len() as u32 - start,
+            });
+            register.insert(id, (base + i) as u32);
+        }
+        let outputs = outputs.iter().map(|id| register[id]).collect();
+        Ok(Program {
+            n_inputs: inputs.len(),
+            params,
+            instrs,
+            args,
+            outputs,
+        })
+    }
+
+    pub fn n_inputs(&self) -> usize {
+        self.n_inputs
+    }
+
+    pub fn n_outputs(&self) -> usize {
+        self.outputs.len()
+    }
+
+    pub fn n_instructions(&self) -> usize {
+        self.instrs.len()
+    }
+
+    /// The leaves the program reads, in register order.
+    pub fn params(&self) -> &[NodeId] {
+        &self.params
+    }
+
+    pub fn n_registers(&self) -> usize {
+        self.n_inputs + self.params.len() + self.instrs.len()
+    }
+
+    /// Evaluates every register from `inputs` and `params`.
+    pub fn forward(&self, inputs: &[f64], params: &[f64], registers: &mut Vec<f64>, scratch: &mut Vec<f64>) {
+        registers.clear();
+        registers.extend_from_slice(inputs);
+        registers.extend_from_slice(params);
+        for instr in &self.instrs {
+            let args = self.arg_slice(instr);
+            let value = match (instr.op, args) {
+                (Op::Dot, _) => dot_forward(args, registers),
+                (op, &[a]) => op.forward(&[registers[a as usize]]),
+                (op, &[a, b]) => op.forward(&[registers[a as usize], registers[b as usize]]),
+                (op, _) => {
+                    scratch.clear();
+                    scratch.extend(args.iter().map(|&r| registers[r as usize]));
+                    op.forward(scratch)
+                }
+            };
+            registers.push(value);
+        }
+    }
+
+    pub fn output(&self, registers: &[f64], k: usize) -> f64 {
+        registers[self.outputs[k] as usize]
+    }
+
+    /// d(output k)/d(every register), by a reverse sweep over the tape.
+    pub fn gradient(&self, registers: &[f64], k: usize, adjoint: &mut Vec<f64>, scratch: &mut Vec<f64>) {
+        adjoint.clear();
+        adjoint.resize(registers.len(), 0.0);
+        adjoint[self.outputs[k] as usize] = 1.0;
+        let base = self.n_inputs + self.params.len();
+        for (i, instr) in self.instrs.iter().enumerate().rev() {
+            let g = adjoint[base + i];
+            let out = registers[base + i];
+            let args = self.arg_slice(instr);
+            match (instr.op, args) {
+                (Op::Dot, _) => dot_backward(args, registers, adjoint, g),
+                (op, &[a]) => {
+                    adjoint[a as usize] += op.local_grad(&[registers[a as usize]], out, 0) * g;
+                }
+                (op, &[a, b]) => {
+                    let x = [registers[a as usize], registers[b as usize]];
+                    adjoint[a as usize] += op.local_grad(&x, out, 0) * g;
+                    adjoint[b as usize] += op.local_grad(&x, out, 1) * g;
+                }
+                (op, _) => {
+                    scratch.clear();
+                    scratch.extend(args.iter().map(|&r| registers[r as usize]));
+                    for (j, &r) in args.iter().enumerate() {
+                        adjoint[r as usize] += op.local_grad(scratch, out, j) * g;
+                    }
+                }
+            }
+        }
+    }
+
+    fn arg_slice(&self, instr: &Instr) -> &[u32] {
+        &self.args[instr.start as usize..(instr.start + instr.len) as usize]
+    }
+
+    /// Forward only over `rows` (each `n_inputs` long): every row's outputs, row by row.
+    pub fn map(&self, rows: &[f64], params: &[f64], threads: usize) -> Result<Vec<f64>> {
+        let n_rows = self.rows_in(rows)?;
+        let n_out = self.outputs.len();
+        let chunks = run_chunks(n_rows, threads, |range| {
+            let (mut registers, mut scratch) = (Vec::new(), Vec::new());
+            let mut out = Vec::with_capacity(range.len() * n_out);
+            for row in range {
+                self.forward(self.row(rows, row), params, &mut registers, &mut scratch);
+                out.extend((0..n_out).map(|k| self.output(&registers, k)));
+            }
+            out
+        });
+        Ok(chunks.concat())
+    }
+
+    /// The outputs over all `rows`, reduced, and for each output its gradient with respect to
+    /// the parameters, reduced the same way.
+    pub fn batch(&self, rows: &[f64], params: &[f64], reduce: Reduce, threads: usize) -> Result<Batch> {
+        let n_rows = self.rows_in(rows)?;
+        let (n_out, n_params) = (self.outputs.len(), self.params.len());
+        let chunks = run_chunks(n_rows, threads, |range| {
+            let (mut registers, mut adjoint, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+            let mut part = Batch {
+                values: vec![0.0; n_out],
+                grads: vec![vec![0.0; n_params]; n_out],
+            };
+            for row in range {
+                self.forward(self.row(rows, row), params, &mut registers, &mut scratch);
+                for k in 0..n_out {
+                    part.values[k] += self.output(&registers, k);
+                    self.gradient(&registers, k, &mut adjoint, &mut scratch);
+                    let of_params = &adjoint[self.n_inputs..self.n_inputs + n_params];
+                    for (total, g) in part.grads[k].iter_mut().zip(of_params) {
+                        *total += g;
+                    }
+                }
+            }
+            part
+        });
+        let mut total = Batch {
+            values: vec![0.0; n_out],
+            grads: vec![vec![0.0; n_params]; n_out],
+        };
+        for part in chunks {
+            for k in 0..n_out {
+                total.values[k] += part.values[k];
+                for (t, g) in total.grads[k].iter_mut().zip(&part.grads[k]) {
+                    *t += g;
+                }
+            }
+        }
+        if reduce == Reduce::Mean && n_rows > 0 {
+            let scale = 1.0 / n_rows as f64;
+            for k in 0..n_out {
+                total.values[k] *= scale;
+                total.grads[k].iter_mut().for_each(|g| *g *= scale);
+            }
+        }
+        Ok(total)
+    }
+
+    fn rows_in(&self, rows: &[f64]) -> Result<usize> {
+        if self.n_inputs == 0 || rows.len() % self.n_inputs != 0 {
+            return Err(EngineError::LengthMismatch {
+                expected: self.n_inputs,
+                got: rows.len(),
+            });
+        }
+        Ok(rows.len() / self.n_inputs)
+    }
+
+    fn row<'a>(&self, rows: &'a [f64], row: usize) -> &'a [f64] {
+        &rows[row * self.n_inputs..(row + 1) * self.n_inputs]
+    }
+}
+
+/// `Op::Dot`'s forward rule (bias first, then each product, as in `op.rs`) read straight from
+/// the registers: neurons are most of a network's tape, and this skips gathering their inputs.
+fn dot_forward(args: &[u32], registers: &[f64]) -> f64 {
+    let n = args.len() / 2;
+    let bias = if args.len() % 2 == 1 {
+        registers[args[2 * n] as usize]
+    } else {
+        0.0
+    };
+    (0..n).fold(bias, |acc, i| {
+        acc + registers[args[i] as usize] * registers[args[n + i] as usize]
+    })
+}
+
+/// `Op::Dot`'s local derivatives (d/dw_i = x_i, d/dx_i = w_i, d/dbias = 1) times `g`.
+fn dot_backward(args: &[u32], registers: &[f64], adjoint: &mut [f64], g: f64) {
+    let n = args.len() / 2;
+    for i in 0..n {
+        let (w, x) = (args[i] as usize, args[n + i] as usize);
+        adjoint[w] += registers[x] * g;
+        adjoint[x] += registers[w] * g;
+    }
+    if args.len() % 2 == 1 {
+        adjoint[args[2 * n] as usize] += g;
+    }
+}
+
+/// A batch's reduced outputs and, per output, its reduced gradient over the parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub values: Vec<f64>,
+    pub grads: Vec<Vec<f64>>,
+}
+
+/// Runs `work` over fixed-size chunks of `0..n_rows` on up to `threads` threads and returns the
+/// chunks' results in chunk order.
+fn run_chunks<T: Send>(
+    n_rows: usize,
+    threads: usize,
+    work: impl Fn(std::ops::Range<usize>) -> T + Sync,
+) -> Vec<T> {
+    let ranges: Vec<_> = (0..n_rows)
+        .step_by(CHUNK_ROWS)
+        .map(|start| start..(start + CHUNK_ROWS).min(n_rows))
+        .collect();
+    // Starting a thread costs tens of microseconds: give each at least two chunks of work.
+    let threads = threads.clamp(1, (ranges.len() / 2).max(1));
+    if threads == 1 {
+        return ranges.into_iter().map(&work).collect();
+    }
+    let mut results: Vec<Option<T>> = (0..ranges.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine: Vec<(usize, std::ops::Range<usize>)> = ranges
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .skip(t)
+                    .step_by(threads)
+                    .collect();
+                scope.spawn(move || mine.into_iter().map(|(i, r)| (i, work(r))).collect::<Vec<_>>())
+            })
+            .collect();
+        for handle in handles {
+            // A panic in a worker is a bug in the engine; re-raise it on this thread.
+            for (i, result) in handle.join().unwrap_or_else(|e| std::panic::resume_unwind(e)) {
+                results[i] = Some(result);
+            }
+        }
+    });
+    results.into_iter().flatten().collect()
+}
+
+/// Post-order over every node under `roots` (children first, each node once).
+fn post_order(arena: &Arena, roots: &[NodeId]) -> Result<Vec<NodeId>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut order = Vec::new();
+    for &root in roots {
+        if !seen.insert(root) {
+            continue;
+        }
+        let mut stack = vec![(root, arena.children(root)?, 0usize)];
+        while let Some((id, children, next)) = stack.last_mut() {
+            if let Some(&child) = children.get(*next) {
+                *next += 1;
+                if seen.insert(child) {
+                    let grandchildren = arena.children(child)?;
+                    stack.push((child, grandchildren, 0));
+                }
+            } else {
+                order.push(*id);
+                stack.pop();
+            }
+        }
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// out = tanh(w * x + b) for input x and parameters w, b.
+    fn neuron(arena: &mut Arena) -> (NodeId, NodeId, NodeId, NodeId, Program) {
+        let x = arena.leaf(0.5).unwrap();
+        let w = arena.leaf(-1.5).unwrap();
+        let b = arena.leaf(0.25).unwrap();
+        let wx = arena.apply2(Op::Mul, w, x).unwrap();
+        let pre = arena.apply2(Op::Add, wx, b).unwrap();
+        let out = arena.apply1(Op::Tanh, pre).unwrap();
+        let program = Program::record(arena, &[out], &[x]).unwrap();
+        (x, w, b, out, program)
+    }
+
+    #[test]
+    fn replay_equals_eager() {
+        let mut arena = Arena::new();
+        let (x, w, b, out, program) = neuron(&mut arena);
+        assert_eq!(
+            (program.n_inputs(), program.params(), program.n_instructions()),
+            (1, &[w, b][..], 3)
+        );
+        arena.backward(out).unwrap();
+        let (mut regs, mut adj, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        let params = [arena.data(w).unwrap(), arena.data(b).unwrap()];
+        program.forward(&[0.5], &params, &mut regs, &mut scratch);
+        assert_eq!(program.output(&regs, 0), arena.data(out).unwrap());
+        program.gradient(&regs, 0, &mut adj, &mut scratch);
+        assert_eq!(adj[0], arena.grad(x).unwrap());
+        assert_eq!(&adj[1..3], &[arena.grad(w).unwrap(), arena.grad(b).unwrap()]);
+    }
+
+    #[test]
+    fn parallel_batches_equal_serial_ones_bit_for_bit() {
+        let mut arena = Arena::new();
+        let (_, _, _, _, program) = neuron(&mut arena);
+        let rows: Vec<f64> = (0..1000).map(|i| (i as f64 * 0.37).sin()).collect();
+        let params = [-1.5, 0.25];
+        let serial = program.batch(&rows, &params, Reduce::Mean, 1).unwrap();
+        for threads in [2, 3, 8] {
+            assert_eq!(
+                program.batch(&rows, &params, Reduce::Mean, threads).unwrap(),
+                serial
+            );
+        }
+        let mapped = program.map(&rows, &params, 4).unwrap();
+        let mean = mapped.iter().sum::<f64>() / 1000.0;
+        assert!((mean - serial.values[0]).abs() < 1e-12);
+        assert!(program.batch(&rows[..3], &params, Reduce::Sum, 1).is_ok());
+    }
+
+    #[test]
+    fn shared_subexpressions_are_recorded_once() {
+        let mut arena = Arena::new();
+        let x = arena.leaf(3.0).unwrap();
+        let sq = arena.apply2(Op::Mul, x, x).unwrap();
+        let out = arena.apply2(Op::Add, sq, sq).unwrap();
+        let program = Program::record(&arena, &[out, sq], &[x]).unwrap();
+        assert_eq!(program.n_instructions(), 2);
+        let (mut regs, mut adj, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        program.forward(&[3.0], &[], &mut regs, &mut scratch);
+        program.gradient(&regs, 0, &mut adj, &mut scratch);
+        assert_eq!(
+            (program.output(&regs, 0), program.output(&regs, 1), adj[0]),
+            (18.0, 9.0, 12.0)
+        );
+    }
+}
