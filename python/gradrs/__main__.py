@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=1337, help="random seed (default 1337, as the notebook)")
     demo.add_argument("--out", type=Path, default=Path("out"), help="folder for the pictures (default out/)")
     demo.add_argument("--no-plot", action="store_true", help="train and report only, write no pictures")
+    demo.add_argument(
+        "--compile", action="store_true", help="train through gradrs.compile and compare with eager mode"
+    )
     bench = commands.add_parser("bench", help="run the benchmark against micrograd (and PyTorch)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for gradrs.bench")
     args = parser.parse_args(argv)
@@ -23,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--steps must be positive")
         from gradrs.demo import run_demo
 
-        run_demo(steps=args.steps, seed=args.seed, out=None if args.no_plot else args.out)
+        out = None if args.no_plot else args.out
+        run_demo(steps=args.steps, seed=args.seed, out=out, compiled=args.compile)
         return 0
     from gradrs import bench as bench_module
 

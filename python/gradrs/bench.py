@@ -9,6 +9,8 @@ writes every number.
 Engines:
 - ``gradrs``: this package; the nn workloads use ``gradrs.nn`` (fused neurons) and one-call
   parameter updates.
+- ``gradrs-compiled``: the same model through ``gradrs.compile``: a per-sample program recorded once
+  and replayed over the batch in Rust (``Compiled.batch``).
 - ``gradrs-mgstyle``: micrograd's own ``nn.py`` code (``sum(wi*xi ...)`` in a Python Neuron)
   running on ``gradrs.Value``: what a user gets by changing only the import.
 - ``micrograd`` / ``micrograd-gc-off``: Karpathy's micrograd 0.1.0 as users run it, and with
@@ -175,6 +177,7 @@ class _GradrsStyleNN:
 def available_engines() -> list[Engine]:
     engines = [
         Engine("gradrs", gradrs.Value, mg_nn=gnn),
+        Engine("gradrs-compiled", gradrs.Value, mg_nn=gnn),
         Engine("gradrs-mgstyle", gradrs.Value, mg_nn=_GradrsStyleNN),
     ]
     for gc_off in (False, True):
@@ -306,7 +309,7 @@ def bench_eager(
     timings: list[Timing] = []
     ops = 0
     for engine in engines:
-        if engine.name == "gradrs-mgstyle":
+        if engine.name in ("gradrs-mgstyle", "gradrs-compiled"):
             continue  # identical to gradrs here: no nn code involved
         fwd = Timing("eager forward", engine.name, "ns/op")
         bwd = Timing("eager backward", engine.name, "ns/node")
@@ -337,7 +340,7 @@ def _moons(n_samples: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _model(engine: Engine, nin: int, nouts: list[int], weights: np.ndarray) -> Any:
-    if engine.name == "gradrs":
+    if engine.name in ("gradrs", "gradrs-compiled"):
         model = gnn.MLP(nin, nouts)
     else:
         model = engine.mg_nn.MLP(nin, nouts)
@@ -350,7 +353,7 @@ def _model(engine: Engine, nin: int, nouts: list[int], weights: np.ndarray) -> A
         with torch.no_grad():
             for p, w in zip(params, weights, strict=True):
                 p.copy_(torch.tensor(float(w), dtype=torch.float64))
-    elif engine.name == "gradrs":
+    elif engine.name in ("gradrs", "gradrs-compiled"):
         model.set_parameters_data(weights)
     else:
         for p, w in zip(params, weights, strict=True):
@@ -363,8 +366,27 @@ def _n_params(nin: int, nouts: list[int]) -> int:
     return sum((sizes[i] + 1) * sizes[i + 1] for i in range(len(nouts)))
 
 
+def _compiled(model: Any, name: str, fn: Callable[[], Any]) -> Any:
+    """The model's compiled per-sample function `name`, made once."""
+    cache = model.__dict__.setdefault("_bench_compiled", {})
+    if name not in cache:
+        from gradrs.compiler import compile
+
+        cache[name] = compile(fn())
+    return cache[name]
+
+
 def demo_step(engine: Engine, model: Any, X: np.ndarray, y: np.ndarray, group: Any, lr: float = 0.5) -> Any:
     """One training step of micrograd's demo: hinge loss + 1e-4 L2, zero_grad, backward, SGD."""
+    if engine.name == "gradrs-compiled":
+        sample_loss = _compiled(model, "demo", lambda: lambda x, yi: (1 + -yi * model(x)).relu())
+        params = model.parameters()
+        total = sample_loss.batch(X, y, reduce="mean") + 1e-4 * gradrs.dot(params, params)
+        group.zero_grad()
+        total.backward()
+        grads = group.grad()
+        group.sgd_step(lr, 0.0, 0.0, np.zeros(len(params)))
+        return total, grads
     if engine.name == "gradrs":
         inputs = gradrs.leaves(X)
         scores = [model(x) for x in inputs]
@@ -411,6 +433,16 @@ def _zero_grad(engine: Engine, model: Any) -> None:
 
 def mlp_step(engine: Engine, model: Any, X: np.ndarray, targets: np.ndarray, group: Any) -> Any:
     """Forward, MSE against one-hot targets, backward (no update)."""
+    if engine.name == "gradrs-compiled":
+        sample = _compiled(
+            model,
+            "mlp",
+            lambda: lambda x, t: gradrs.sum([(o - ti) ** 2 for o, ti in zip(model(x), t, strict=True)]),
+        )
+        loss = sample.batch(X, targets, reduce="mean") * (1.0 / targets.shape[1])
+        group.zero_grad()
+        loss.backward()
+        return loss, group.grad()
     if engine.name == "gradrs":
         outs = [model(x) for x in gradrs.leaves(X)]
         terms = [
@@ -450,7 +482,9 @@ def bench_training(
     timings = []
     for engine in engines:
         model = _model(engine, nin, nouts, weights)
-        group = gradrs.ParamGroup(model.parameters()) if engine.name == "gradrs" else None
+        group = (
+            gradrs.ParamGroup(model.parameters()) if engine.name in ("gradrs", "gradrs-compiled") else None
+        )
         # correctness first: one step from the shared initial weights
         loss, grads = _with_gc(
             engine, lambda model=model, group=group, engine=engine: step(engine, model, X, y, group)
@@ -564,6 +598,15 @@ def targets(timings: list[Timing], memory: dict[str, float]) -> list[tuple[str, 
     if chain:
         rows.append(("1M-step chain build+backward+drop < 1.5 s", chain[0] < 1.5, f"{chain[0]:.2f} s"))
     ratio_row("MLP(64,[64,64,10]) batch 16 >= 300x micrograd", "mlp64 batch16", "micrograd", "gradrs", 300)
+    ratio_row("compiled demo step >= 1000x micrograd", "demo step", "micrograd", "gradrs-compiled", 1000)
+    ratio_row("compiled demo step >= 10x eager gradrs", "demo step", "gradrs", "gradrs-compiled", 10)
+    ratio_row(
+        "compiled MLP(64,[64,64,10]) batch 16 >= 1000x micrograd",
+        "mlp64 batch16",
+        "micrograd",
+        "gradrs-compiled",
+        1000,
+    )
     if "gradrs" in memory and "micrograd" in memory:
         ok = memory["gradrs"] <= memory["micrograd"] / 2
         rows.append(
@@ -580,8 +623,10 @@ def report(timings: list[Timing], memory: dict[str, float], out: Any = sys.stdou
     print(f"{'workload':<16} {'engine':<17} {'median':>12} {'IQR':>10}  ratios", file=out)
     for t in timings:
         ratios = []
-        for slow in ("micrograd", "micrograd-gc-off", "torch-scalar"):
+        for slow in ("micrograd", "micrograd-gc-off", "torch-scalar", "gradrs"):
             r = _ratio(timings, t.workload, slow, t.engine)
+            if slow == "gradrs" and t.engine != "gradrs-compiled":
+                continue
             if r is not None and slow != t.engine and t.engine.startswith("gradrs"):
                 ratios.append(f"{slow} {r:,.0f}x")
         print(

@@ -50,8 +50,27 @@ def loss_of(
     return data_loss + reg_loss, accuracy
 
 
+def compiled_loss(model: nn.MLP, alpha: float = 1e-4) -> Any:
+    """The same loss through ``gradrs.compile``: one recorded per-sample program, replayed over
+    the whole batch in Rust. Returns a function of (X, y) giving (total loss, accuracy)."""
+    from gradrs.compiler import compile
+
+    sample_loss = compile(lambda x, yi: (1 + -yi * model(x)).relu())
+    score = compile(lambda x: model(x))
+    params = model.parameters()
+
+    def loss(X: np.ndarray, y: np.ndarray) -> tuple[Value, float]:
+        data_loss = sample_loss.batch(X, y.astype(float), reduce="mean")
+        reg_loss = alpha * dot(params, params)
+        scores = score.map(X)
+        accuracy = float(np.mean((y > 0) == (scores > 0)))
+        return data_loss + reg_loss, accuracy
+
+    return loss
+
+
 def train(
-    steps: int = 100, seed: int = 1337, progress: TextIO | None = None
+    steps: int = 100, seed: int = 1337, progress: TextIO | None = None, compiled: bool = False
 ) -> tuple[nn.MLP, DemoResult, Any]:
     """Trains the demo model; returns it, the per-step losses and accuracies, and the data."""
     np.random.seed(seed)
@@ -63,10 +82,13 @@ def train(
     velocity = np.zeros(len(group))
     result = DemoResult()
     bar = _ProgressBar(steps, progress)
+    fast_loss = compiled_loss(model) if compiled else None
     start = time.perf_counter()
     for k in range(steps):
-        inputs = leaves(X)
-        total_loss, accuracy = loss_of(model, inputs, y)
+        if fast_loss is not None:
+            total_loss, accuracy = fast_loss(X, y)
+        else:
+            total_loss, accuracy = loss_of(model, leaves(X), y)
         group.zero_grad()
         total_loss.backward()
         learning_rate = 1.0 - 0.9 * k / 100
@@ -117,14 +139,33 @@ def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> Non
 
 
 def run_demo(
-    steps: int = 100, seed: int = 1337, out: Path | None = Path("out"), stream: TextIO = sys.stdout
+    steps: int = 100,
+    seed: int = 1337,
+    out: Path | None = Path("out"),
+    stream: TextIO = sys.stdout,
+    compiled: bool = False,
 ) -> DemoResult:
-    """Trains, prints the summary, and writes the pictures into ``out`` (none when ``out`` is None)."""
-    model, result, (X, y) = train(steps, seed, progress=stream)
+    """Trains, prints the summary, and writes the pictures into ``out`` (none when ``out`` is None).
+
+    With ``compiled``, trains through ``gradrs.compile`` and also times the eager run, printing both.
+    """
+    model, result, (X, y) = train(steps, seed, progress=stream, compiled=compiled)
     print(f"final loss: {result.losses[-1]:.6f}", file=stream)
     print(f"accuracy: {100 * result.accuracy:.1f}%", file=stream)
     per_step = 1000 * result.seconds / max(steps, 1)
-    print(f"wall time: {result.seconds:.3f} s for {steps} steps ({per_step:.2f} ms/step)", file=stream)
+    label = "compiled " if compiled else ""
+    print(f"{label}wall time: {result.seconds:.3f} s for {steps} steps ({per_step:.2f} ms/step)", file=stream)
+    if compiled:
+        _, eager, _ = train(steps, seed, progress=None)
+        eager_step = 1000 * eager.seconds / max(steps, 1)
+        print(
+            f"eager wall time: {eager.seconds:.3f} s for {steps} steps ({eager_step:.2f} ms/step)",
+            file=stream,
+        )
+        agree = all(
+            abs(a - b) <= 1e-12 * max(1.0, abs(a)) for a, b in zip(result.losses, eager.losses, strict=True)
+        )
+        print(f"compiled and eager losses agree step by step (1e-12): {agree}", file=stream)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         png = out / "decision_boundary.png"
