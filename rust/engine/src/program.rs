@@ -296,8 +296,8 @@ fn run_chunks<T: Send>(
         .step_by(CHUNK_ROWS)
         .map(|start| start..(start + CHUNK_ROWS).min(n_rows))
         .collect();
-    // Starting a thread costs tens of microseconds: give each at least two chunks of work.
-    let threads = threads.clamp(1, (ranges.len() / 2).max(1));
+    // Starting a thread costs tens of microseconds: give each at least four chunks of work.
+    let threads = threads.clamp(1, (ranges.len() / 4).max(1));
     if threads == 1 {
         return ranges.into_iter().map(&work).collect();
     }
