@@ -527,21 +527,30 @@ def bench_chain(n: int) -> Timing:
 
 
 _MEMORY_CHILD = """
-import gc, resource, sys, json
+import gc, sys, json
 sys.setrecursionlimit(100000)
 from gradrs import bench
+import numpy as np
+import gradrs
+
+
+def peak_kib():
+    # VmHWM is this process's own high-water mark; getrusage's ru_maxrss would start at the
+    # parent's size, which the child inherits through fork.
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM")).split()[1])
+
+
 engine = [e for e in bench.available_engines() if e.name == sys.argv[1]][0]
 X, y = bench._moons(100)
-weights = __import__("numpy").random.default_rng(42).uniform(-1, 1, size=bench._n_params(2, [16, 16, 1]))
+weights = np.random.default_rng(42).uniform(-1, 1, size=bench._n_params(2, [16, 16, 1]))
 model = bench._model(engine, 2, [16, 16, 1], weights)
-import gradrs
-group = gradrs.ParamGroup(model.parameters()) if engine.name == "gradrs" else None
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+group = gradrs.ParamGroup(model.parameters()) if engine.name.startswith("gradrs") else None
+before = peak_kib()
 for _ in range(int(sys.argv[2])):
     out = bench._with_gc(engine, lambda: bench.demo_step(engine, model, X, y, group))
     del out
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_kib": after - before}))
+print(json.dumps({"peak_kib": peak_kib() - before}))
 """
 
 
@@ -634,7 +643,7 @@ def report(timings: list[Timing], memory: dict[str, float], out: Any = sys.stdou
             file=out,
         )
     if memory:
-        print("\npeak memory of 10 demo training steps (KiB above the start):", file=out)
+        print("\npeak resident memory growth over 10 demo training steps (VmHWM, KiB):", file=out)
         for name, kib in memory.items():
             print(f"  {name:<17} {kib:>10.0f}", file=out)
     print("\ntargets:", file=out)
