@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# gradrs does no linear algebra, and OpenBLAS's idle worker threads spin on the second core that
+# a training run could use; one BLAS thread is plenty for numpy's bookkeeping here.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:

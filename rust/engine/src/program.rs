@@ -119,6 +119,11 @@ impl Program {
         registers.clear();
         registers.extend_from_slice(inputs);
         registers.extend_from_slice(params);
+        self.run_instructions(registers, scratch);
+    }
+
+    /// Appends the instructions' results to `registers`, which hold the inputs and parameters.
+    fn run_instructions(&self, registers: &mut Vec<f64>, scratch: &mut Vec<f64>) {
         for instr in &self.instrs {
             let args = self.arg_slice(instr);
             let value = match (instr.op, args) {
@@ -143,7 +148,13 @@ impl Program {
     pub fn gradient(&self, registers: &[f64], k: usize, adjoint: &mut Vec<f64>, scratch: &mut Vec<f64>) {
         adjoint.clear();
         adjoint.resize(registers.len(), 0.0);
-        adjoint[self.outputs[k] as usize] = 1.0;
+        self.sweep(registers, k, adjoint, scratch);
+    }
+
+    /// Adds d(output k)/d(register) to every `adjoint` entry; the instructions' and inputs'
+    /// entries must be zero on entry, while the parameters' may hold earlier rows' sums.
+    fn sweep(&self, registers: &[f64], k: usize, adjoint: &mut [f64], scratch: &mut Vec<f64>) {
+        adjoint[self.outputs[k] as usize] += 1.0;
         let base = self.n_inputs + self.params.len();
         for (i, instr) in self.instrs.iter().enumerate().rev() {
             let g = adjoint[base + i];
@@ -196,6 +207,9 @@ impl Program {
         let n_rows = self.rows_in(rows)?;
         let (n_out, n_params) = (self.outputs.len(), self.params.len());
         let chunks = run_chunks(n_rows, threads, |range| {
+            if n_out == 1 {
+                return self.batch_one_output(rows, params, range);
+            }
             let (mut registers, mut adjoint, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
             let mut part = Batch {
                 values: vec![0.0; n_out],
@@ -234,6 +248,30 @@ impl Program {
             }
         }
         Ok(total)
+    }
+
+    /// A chunk of a one-output batch (a loss): the parameters stay in place in the registers
+    /// and their adjoints sum over the rows as they come, instead of being copied per row.
+    fn batch_one_output(&self, rows: &[f64], params: &[f64], range: std::ops::Range<usize>) -> Batch {
+        let (ni, np) = (self.n_inputs, self.params.len());
+        let mut registers = vec![0.0; ni];
+        registers.extend_from_slice(params);
+        let mut adjoint = vec![0.0; self.n_registers()];
+        let mut scratch = Vec::new();
+        let mut value = 0.0;
+        for row in range {
+            registers.truncate(ni + np);
+            registers[..ni].copy_from_slice(self.row(rows, row));
+            self.run_instructions(&mut registers, &mut scratch);
+            value += self.output(&registers, 0);
+            adjoint[..ni].fill(0.0);
+            adjoint[ni + np..].fill(0.0);
+            self.sweep(&registers, 0, &mut adjoint, &mut scratch);
+        }
+        Batch {
+            values: vec![value],
+            grads: vec![adjoint[ni..ni + np].to_vec()],
+        }
     }
 
     fn rows_in(&self, rows: &[f64]) -> Result<usize> {
