@@ -44,6 +44,18 @@ impl Drop for ParamGroup {
     }
 }
 
+impl ParamGroup {
+    /// Reads every parameter's data and gradient, lets `step` change the data, writes it back;
+    /// all under one lock.
+    fn update(&self, step: impl FnOnce(&mut [f64], &[f64])) -> PyResult<()> {
+        let mut arena = ARENA.lock();
+        let mut data = arena.data_of(&self.ids).map_err(engine_error)?;
+        let grad = arena.grad_of(&self.ids).map_err(engine_error)?;
+        step(&mut data, &grad);
+        arena.set_data_of(&self.ids, &data).map_err(engine_error)
+    }
+}
+
 fn slice_of<'a>(array: &'a PyReadonlyArray1<'_, f64>, expected: usize) -> PyResult<&'a [f64]> {
     let slice = array
         .as_slice()
@@ -163,11 +175,7 @@ impl ParamGroup {
             weight_decay,
             nesterov,
         };
-        let mut arena = ARENA.lock();
-        let mut data = arena.data_of(&self.ids).map_err(engine_error)?;
-        let grad = arena.grad_of(&self.ids).map_err(engine_error)?;
-        sgd.step(&mut data, &grad, velocity);
-        arena.set_data_of(&self.ids, &data).map_err(engine_error)
+        self.update(|data, grad| sgd.step(data, grad, velocity))
     }
 
     /// One `torch.optim.Adam` (or, with `decoupled`, `AdamW`) step number `step`
@@ -195,10 +203,6 @@ impl ParamGroup {
             weight_decay,
             decoupled,
         };
-        let mut arena = ARENA.lock();
-        let mut data = arena.data_of(&self.ids).map_err(engine_error)?;
-        let grad = arena.grad_of(&self.ids).map_err(engine_error)?;
-        adam.step(step, &mut data, &grad, m, v);
-        arena.set_data_of(&self.ids, &data).map_err(engine_error)
+        self.update(|data, grad| adam.step(step, data, grad, m, v))
     }
 }

@@ -5,9 +5,10 @@
 use gradrs_engine::{NodeId, Op, ARENA};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyList};
+use pyo3::types::PyList;
 
-use crate::value::{engine_error, real_number, record_locked, wrap, PyValue};
+use crate::fused::{release_all, resolve, term};
+use crate::value::{engine_error, record_locked, wrap, PyValue};
 
 #[pyclass(module = "gradrs", frozen)]
 pub struct Dense {
@@ -91,10 +92,6 @@ impl Dense {
 
     /// The layer's outputs for `inputs` (Values or numbers), one Value per neuron.
     fn __call__<'py>(&self, py: Python<'py>, inputs: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        enum Input {
-            Node(NodeId),
-            Number(f64),
-        }
         let list;
         let items = match inputs.cast_exact::<PyList>() {
             Ok(l) => l,
@@ -110,71 +107,41 @@ impl Dense {
                 items.len()
             )));
         }
-        let mut xs = Vec::with_capacity(self.nin);
-        for item in items.iter() {
-            xs.push(if let Ok(v) = item.cast_exact::<PyValue>() {
-                Input::Node(v.get().id)
-            } else if let Ok(f) = item.cast_exact::<PyFloat>() {
-                Input::Number(f.value())
-            } else if let Ok(v) = item.cast::<PyValue>() {
-                Input::Node(v.get().id)
-            } else {
-                Input::Number(real_number(&item, "layer input")?)
-            });
-        }
+        let xs = items
+            .iter()
+            .map(|item| term(&item, "layer input"))
+            .collect::<PyResult<Vec<_>>>()?;
         let outputs = {
             let mut arena = ARENA.lock();
-            let mut constants = Vec::new();
-            let mut inputs = Vec::with_capacity(self.nin);
-            let mut failure = None;
-            for x in &xs {
-                match *x {
-                    Input::Node(id) => inputs.push(id),
-                    Input::Number(c) => match arena.leaf(c) {
-                        Ok(id) => {
-                            constants.push(id);
-                            inputs.push(id);
-                        }
-                        Err(err) => {
-                            failure = Some(engine_error(err));
-                            break;
-                        }
-                    },
-                }
-            }
+            let (inputs, constants) = resolve(&mut arena, &xs)?;
             let mut outputs = Vec::with_capacity(self.nout);
             let mut children = Vec::with_capacity(2 * self.nin + 1);
-            if failure.is_none() {
-                for j in 0..self.nout {
-                    children.clear();
-                    children.extend_from_slice(&self.params[j * self.nin..(j + 1) * self.nin]);
-                    children.extend_from_slice(&inputs);
-                    children.push(self.params[self.nout * self.nin + j]);
-                    let step =
-                        record_locked(&mut arena, Op::Dot, &children).and_then(|pre| match self.activation {
-                            None => Ok(pre),
-                            Some(op) => {
-                                let out = record_locked(&mut arena, op, &[pre]);
-                                arena.release(pre); // the activation's node holds it now
-                                out
-                            }
-                        });
-                    match step {
-                        Ok(id) => outputs.push(id),
-                        Err(err) => {
-                            failure = Some(err);
-                            break;
+            let mut failure = None;
+            for j in 0..self.nout {
+                children.clear();
+                children.extend_from_slice(&self.params[j * self.nin..(j + 1) * self.nin]);
+                children.extend_from_slice(&inputs);
+                children.push(self.params[self.nout * self.nin + j]);
+                let step =
+                    record_locked(&mut arena, Op::Dot, &children).and_then(|pre| match self.activation {
+                        None => Ok(pre),
+                        Some(op) => {
+                            let out = record_locked(&mut arena, op, &[pre]);
+                            arena.release(pre); // the activation's node holds it now
+                            out
                         }
+                    });
+                match step {
+                    Ok(id) => outputs.push(id),
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
                     }
                 }
             }
-            for id in constants {
-                arena.release(id);
-            }
+            release_all(&mut arena, &constants);
             if let Some(err) = failure {
-                for id in outputs {
-                    arena.release(id);
-                }
+                release_all(&mut arena, &outputs);
                 return Err(err);
             }
             outputs

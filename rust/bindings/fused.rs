@@ -9,12 +9,12 @@ use pyo3::types::{PyFloat, PyList, PyTuple};
 use crate::value::{engine_error, real_number, record_locked, wrap, PyValue};
 
 /// A term of a fused op: a node, or a number that becomes a constant leaf.
-enum Term {
+pub(crate) enum Term {
     Node(NodeId),
     Number(f64),
 }
 
-fn term(item: &Bound<'_, PyAny>, what: &str) -> PyResult<Term> {
+pub(crate) fn term(item: &Bound<'_, PyAny>, what: &str) -> PyResult<Term> {
     if let Ok(value) = item.cast_exact::<PyValue>() {
         return Ok(Term::Node(value.get().id));
     }
@@ -58,40 +58,43 @@ fn collect<'py>(
     Ok(out.len() - start)
 }
 
+/// The nodes for `terms`, making a leaf for each number. The leaves are returned too: the
+/// caller releases them once the nodes that use them hold them.
+pub(crate) fn resolve(arena: &mut Arena, terms: &[Term]) -> PyResult<(Vec<NodeId>, Vec<NodeId>)> {
+    let mut constants = Vec::new();
+    let mut nodes = Vec::with_capacity(terms.len());
+    for term in terms {
+        match *term {
+            Term::Node(id) => nodes.push(id),
+            Term::Number(c) => match arena.leaf(c) {
+                Ok(id) => {
+                    constants.push(id);
+                    nodes.push(id);
+                }
+                Err(err) => {
+                    release_all(arena, &constants);
+                    return Err(engine_error(err));
+                }
+            },
+        }
+    }
+    Ok((nodes, constants))
+}
+
 /// Records `op` over `terms` under one lock, turning numbers into leaves held
 /// only by the new node.
 fn record_terms(py: Python<'_>, op: Op, terms: &[Term]) -> PyResult<Py<PyAny>> {
     let id = {
         let mut arena = ARENA.lock();
-        let mut constants = Vec::new();
-        let mut children = Vec::with_capacity(terms.len());
-        let mut failure = None;
-        for term in terms {
-            match *term {
-                Term::Node(id) => children.push(id),
-                Term::Number(c) => match arena.leaf(c) {
-                    Ok(id) => {
-                        constants.push(id);
-                        children.push(id);
-                    }
-                    Err(err) => {
-                        failure = Some(engine_error(err));
-                        break;
-                    }
-                },
-            }
-        }
-        let result = match failure {
-            None => record_locked(&mut arena, op, &children),
-            Some(err) => Err(err),
-        };
+        let (children, constants) = resolve(&mut arena, terms)?;
+        let result = record_locked(&mut arena, op, &children);
         release_all(&mut arena, &constants);
         result?
     };
     wrap(py, id)
 }
 
-fn release_all(arena: &mut Arena, ids: &[NodeId]) {
+pub(crate) fn release_all(arena: &mut Arena, ids: &[NodeId]) {
     for &id in ids {
         arena.release(id);
     }
