@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::value::{engine_error, type_name, wrap, PyValue};
+use crate::value::{engine_error, retain_all, type_name, wrap, PyValue};
 
 /// One new leaf Value per element of a 1-d float64 array.
 #[pyfunction]
@@ -104,15 +104,7 @@ impl ParamGroup {
                 ))),
             })
             .collect::<PyResult<Vec<_>>>()?;
-        let mut arena = ARENA.lock();
-        for (n, &id) in ids.iter().enumerate() {
-            if let Err(err) = arena.retain(id) {
-                for &done in &ids[..n] {
-                    arena.release(done);
-                }
-                return Err(engine_error(err));
-            }
-        }
+        retain_all(&mut ARENA.lock(), &ids)?;
         Ok(ParamGroup { ids })
     }
 
@@ -122,12 +114,7 @@ impl ParamGroup {
 
     /// The Values, in order.
     fn values(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        {
-            let mut arena = ARENA.lock();
-            for &id in &self.ids {
-                arena.retain(id).map_err(engine_error)?;
-            }
-        }
+        retain_all(&mut ARENA.lock(), &self.ids)?;
         self.ids.iter().map(|&id| wrap(py, id)).collect()
     }
 

@@ -11,7 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::value::{engine_error, grad_enabled, wrap, PyValue};
+use crate::value::{engine_error, grad_enabled, retain_all, wrap, PyValue};
 
 #[pyclass(name = "Program", module = "gradrs", frozen)]
 pub struct PyProgram {
@@ -104,9 +104,7 @@ impl PyProgram {
         let inputs = ids_of(inputs, "inputs")?;
         let mut arena = ARENA.lock();
         let program = Program::record(&arena, &outputs, &inputs).map_err(engine_error)?;
-        for &id in program.params() {
-            arena.retain(id).map_err(engine_error)?;
-        }
+        retain_all(&mut arena, program.params())?;
         Ok(PyProgram { program })
     }
 
@@ -127,12 +125,7 @@ impl PyProgram {
 
     /// The leaves the program reads at each replay.
     fn parameters(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        {
-            let mut arena = ARENA.lock();
-            for &id in self.program.params() {
-                arena.retain(id).map_err(engine_error)?;
-            }
-        }
+        retain_all(&mut ARENA.lock(), self.program.params())?;
         self.program.params().iter().map(|&id| wrap(py, id)).collect()
     }
 

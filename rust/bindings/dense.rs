@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use crate::fused::{release_all, resolve, term};
-use crate::value::{engine_error, record_locked, wrap, PyValue};
+use crate::value::{record_locked, retain_all, wrap, PyValue};
 
 #[pyclass(module = "gradrs", frozen)]
 pub struct Dense {
@@ -73,15 +73,7 @@ impl Dense {
         for b in &biases {
             params.push(value_id(b)?);
         }
-        let mut arena = ARENA.lock();
-        for (n, &id) in params.iter().enumerate() {
-            if let Err(err) = arena.retain(id) {
-                for &done in &params[..n] {
-                    arena.release(done);
-                }
-                return Err(engine_error(err));
-            }
-        }
+        retain_all(&mut ARENA.lock(), &params)?;
         Ok(Dense {
             params,
             nin: nin.unwrap_or(0),

@@ -168,6 +168,19 @@ fn check_forward_nan(arena: &mut Arena, id: NodeId, children: &[NodeId]) -> PyRe
     Ok(())
 }
 
+/// Adds a reference to every node in `ids`, or to none of them if one is stale.
+pub(crate) fn retain_all(arena: &mut Arena, ids: &[NodeId]) -> PyResult<()> {
+    for (n, &id) in ids.iter().enumerate() {
+        if let Err(err) = arena.retain(id) {
+            for &done in &ids[..n] {
+                arena.release(done);
+            }
+            return Err(engine_error(err));
+        }
+    }
+    Ok(())
+}
+
 /// A new leaf holding `data`.
 pub(crate) fn new_leaf(data: f64) -> PyResult<NodeId> {
     ARENA.lock().leaf(data).map_err(engine_error)
