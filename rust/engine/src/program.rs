@@ -188,15 +188,8 @@ impl Program {
     /// Forward only over `rows` (each `n_inputs` long): every row's outputs, row by row.
     pub fn map(&self, rows: &[f64], params: &[f64], threads: usize) -> Result<Vec<f64>> {
         let n_rows = self.rows_in(rows)?;
-        let n_out = self.outputs.len();
         let chunks = run_chunks(n_rows, threads, |range| {
-            let (mut registers, mut scratch) = (Vec::new(), Vec::new());
-            let mut out = Vec::with_capacity(range.len() * n_out);
-            for row in range {
-                self.forward(self.row(rows, row), params, &mut registers, &mut scratch);
-                out.extend((0..n_out).map(|k| self.output(&registers, k)));
-            }
-            out
+            Block::new(self, rows, params, range).outputs_by_row()
         });
         Ok(chunks.concat())
     }
@@ -207,26 +200,7 @@ impl Program {
         let n_rows = self.rows_in(rows)?;
         let (n_out, n_params) = (self.outputs.len(), self.params.len());
         let chunks = run_chunks(n_rows, threads, |range| {
-            if n_out == 1 {
-                return self.batch_one_output(rows, params, range);
-            }
-            let (mut registers, mut adjoint, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
-            let mut part = Batch {
-                values: vec![0.0; n_out],
-                grads: vec![vec![0.0; n_params]; n_out],
-            };
-            for row in range {
-                self.forward(self.row(rows, row), params, &mut registers, &mut scratch);
-                for k in 0..n_out {
-                    part.values[k] += self.output(&registers, k);
-                    self.gradient(&registers, k, &mut adjoint, &mut scratch);
-                    let of_params = &adjoint[self.n_inputs..self.n_inputs + n_params];
-                    for (total, g) in part.grads[k].iter_mut().zip(of_params) {
-                        *total += g;
-                    }
-                }
-            }
-            part
+            Block::new(self, rows, params, range).batch()
         });
         let mut total = Batch {
             values: vec![0.0; n_out],
@@ -248,30 +222,6 @@ impl Program {
             }
         }
         Ok(total)
-    }
-
-    /// A chunk of a one-output batch (a loss): the parameters stay in place in the registers
-    /// and their adjoints sum over the rows as they come, instead of being copied per row.
-    fn batch_one_output(&self, rows: &[f64], params: &[f64], range: std::ops::Range<usize>) -> Batch {
-        let (ni, np) = (self.n_inputs, self.params.len());
-        let mut registers = vec![0.0; ni];
-        registers.extend_from_slice(params);
-        let mut adjoint = vec![0.0; self.n_registers()];
-        let mut scratch = Vec::new();
-        let mut value = 0.0;
-        for row in range {
-            registers.truncate(ni + np);
-            registers[..ni].copy_from_slice(self.row(rows, row));
-            self.run_instructions(&mut registers, &mut scratch);
-            value += self.output(&registers, 0);
-            adjoint[..ni].fill(0.0);
-            adjoint[ni + np..].fill(0.0);
-            self.sweep(&registers, 0, &mut adjoint, &mut scratch);
-        }
-        Batch {
-            values: vec![value],
-            grads: vec![adjoint[ni..ni + np].to_vec()],
-        }
     }
 
     fn rows_in(&self, rows: &[f64]) -> Result<usize> {
@@ -313,6 +263,209 @@ fn dot_backward(args: &[u32], registers: &[f64], adjoint: &mut [f64], g: f64) {
     }
     if args.len() % 2 == 1 {
         adjoint[args[2 * n] as usize] += g;
+    }
+}
+
+/// A chunk of rows evaluated together: every input and instruction register holds one number
+/// per row, side by side, so each instruction runs as a tight loop over the rows instead of once
+/// per row. Parameters are the same in every row and stay single numbers.
+struct Block<'p> {
+    program: &'p Program,
+    rows: usize,
+    /// Row-major blocks of `rows` numbers: the inputs, then one per instruction.
+    registers: Vec<f64>,
+    params: &'p [f64],
+}
+
+/// Where a register's numbers are in a block.
+#[derive(Clone, Copy)]
+enum Place {
+    /// A block row: its numbers start at this offset.
+    Row(usize),
+    /// A parameter: one number for every row.
+    Param(usize),
+}
+
+impl<'p> Block<'p> {
+    fn new(program: &'p Program, data: &[f64], params: &'p [f64], range: std::ops::Range<usize>) -> Self {
+        let rows = range.len();
+        let ni = program.n_inputs;
+        let mut registers = vec![0.0; (ni + program.instrs.len()) * rows];
+        for (j, row) in range.enumerate() {
+            for (i, &x) in program.row(data, row).iter().enumerate() {
+                registers[i * rows + j] = x;
+            }
+        }
+        let mut block = Block {
+            program,
+            rows,
+            registers,
+            params,
+        };
+        block.forward();
+        block
+    }
+
+    fn place(&self, reg: u32) -> Place {
+        let (reg, ni, np) = (reg as usize, self.program.n_inputs, self.params.len());
+        if reg < ni {
+            Place::Row(reg * self.rows)
+        } else if reg < ni + np {
+            Place::Param(reg - ni)
+        } else {
+            Place::Row((reg - np) * self.rows)
+        }
+    }
+
+    /// Register `reg`'s number in row `j`.
+    fn value(&self, reg: u32, j: usize) -> f64 {
+        match self.place(reg) {
+            Place::Row(at) => self.registers[at + j],
+            Place::Param(p) => self.params[p],
+        }
+    }
+
+    fn forward(&mut self) {
+        let (r, program) = (self.rows, self.program);
+        let ni = program.n_inputs;
+        let mut x = Vec::new();
+        let mut out = vec![0.0; r];
+        for (k, instr) in program.instrs.iter().enumerate() {
+            let args = program.arg_slice(instr);
+            match (instr.op, args) {
+                (Op::Dot, _) => {
+                    let n = args.len() / 2;
+                    match args.len() % 2 {
+                        1 => (0..r).for_each(|j| out[j] = self.value(args[2 * n], j)),
+                        _ => out.fill(0.0),
+                    }
+                    for i in 0..n {
+                        match (self.place(args[i]), self.place(args[n + i])) {
+                            (Place::Param(p), Place::Row(at)) => {
+                                let w = self.params[p];
+                                for (o, x) in out.iter_mut().zip(&self.registers[at..at + r]) {
+                                    *o += w * x;
+                                }
+                            }
+                            _ => (0..r)
+                                .for_each(|j| out[j] += self.value(args[i], j) * self.value(args[n + i], j)),
+                        }
+                    }
+                }
+                (op, &[a]) => (0..r).for_each(|j| out[j] = op.forward(&[self.value(a, j)])),
+                (op, &[a, b]) => {
+                    (0..r).for_each(|j| out[j] = op.forward(&[self.value(a, j), self.value(b, j)]))
+                }
+                (op, _) => {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        x.clear();
+                        x.extend(args.iter().map(|&a| self.value(a, j)));
+                        *o = op.forward(&x);
+                    }
+                }
+            }
+            let at = (ni + k) * r;
+            self.registers[at..at + r].copy_from_slice(&out);
+        }
+    }
+
+    fn output(&self, k: usize) -> Vec<f64> {
+        let reg = self.program.outputs[k];
+        (0..self.rows).map(|j| self.value(reg, j)).collect()
+    }
+
+    /// Every row's outputs, row by row.
+    fn outputs_by_row(&self) -> Vec<f64> {
+        let n_out = self.program.outputs.len();
+        let mut out = vec![0.0; self.rows * n_out];
+        for k in 0..n_out {
+            for (j, v) in self.output(k).into_iter().enumerate() {
+                out[j * n_out + k] = v;
+            }
+        }
+        out
+    }
+
+    /// The outputs summed over the rows, and each one's gradient over the parameters, summed.
+    fn batch(&self) -> Batch {
+        let n_out = self.program.outputs.len();
+        let mut part = Batch {
+            values: (0..n_out).map(|k| self.output(k).iter().sum()).collect(),
+            grads: Vec::with_capacity(n_out),
+        };
+        let mut adjoint = vec![0.0; self.registers.len()];
+        for k in 0..n_out {
+            adjoint.fill(0.0);
+            let mut of_params = vec![0.0; self.params.len()];
+            self.sweep(k, &mut adjoint, &mut of_params);
+            part.grads.push(of_params);
+        }
+        part
+    }
+
+    /// Adds d(output k)/d(register) into `adjoint` (block rows) and `of_params` (summed over
+    /// the rows, since a parameter is one number for all of them).
+    fn sweep(&self, k: usize, adjoint: &mut [f64], of_params: &mut [f64]) {
+        let (r, program) = (self.rows, self.program);
+        let ni = program.n_inputs;
+        match self.place(program.outputs[k]) {
+            Place::Row(at) => adjoint[at..at + r].fill(1.0),
+            Place::Param(p) => of_params[p] += r as f64,
+        }
+        let mut add = |place: Place, j: usize, amount: f64, adjoint: &mut [f64]| match place {
+            Place::Row(at) => adjoint[at + j] += amount,
+            Place::Param(p) => of_params[p] += amount,
+        };
+        let mut g = vec![0.0; r];
+        let mut x = Vec::new();
+        for (k, instr) in program.instrs.iter().enumerate().rev() {
+            let at = (ni + k) * r;
+            g.copy_from_slice(&adjoint[at..at + r]);
+            let out = &self.registers[at..at + r];
+            let args = program.arg_slice(instr);
+            match (instr.op, args) {
+                (Op::Dot, _) => {
+                    let n = args.len() / 2;
+                    for i in 0..n {
+                        match (self.place(args[i]), self.place(args[n + i])) {
+                            (Place::Param(p), Place::Row(xa)) => {
+                                let x = &self.registers[xa..xa + r];
+                                add(
+                                    Place::Param(p),
+                                    0,
+                                    x.iter().zip(&g).map(|(x, g)| x * g).sum(),
+                                    adjoint,
+                                );
+                                let w = self.params[p];
+                                for (a, g) in adjoint[xa..xa + r].iter_mut().zip(&g) {
+                                    *a += w * g;
+                                }
+                            }
+                            (wp, xp) => {
+                                for (j, &gj) in g.iter().enumerate() {
+                                    add(wp, j, self.value(args[n + i], j) * gj, adjoint);
+                                    add(xp, j, self.value(args[i], j) * gj, adjoint);
+                                }
+                            }
+                        }
+                    }
+                    if args.len() % 2 == 1 {
+                        let bias = self.place(args[2 * n]);
+                        (0..r).for_each(|j| add(bias, j, g[j], adjoint));
+                    }
+                }
+                (op, _) => {
+                    let places: Vec<Place> = args.iter().map(|&a| self.place(a)).collect();
+                    for j in 0..r {
+                        x.clear();
+                        x.extend(args.iter().map(|&a| self.value(a, j)));
+                        for (i, &place) in places.iter().enumerate() {
+                            add(place, j, op.local_grad(&x, out[j], i) * g[j], adjoint);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
