@@ -189,6 +189,17 @@ def test_no_grad_replay_records_nothing():
     assert gradrs.live_nodes() == baseline + 2  # the two results, nothing under them
 
 
+def test_a_first_call_under_no_grad_still_traces_a_graph():
+    w = Value(2.0)
+    compiled = gradrs.compile(lambda x: w * x)
+    with gradrs.no_grad():
+        assert compiled(1.0).data == 2.0
+    out = compiled(3.0)  # the same cached program, now with gradients
+    assert out.data == 6.0
+    out.backward()
+    assert w.grad == 3.0
+
+
 def test_a_compiled_call_inside_a_trace_is_inlined():
     w = Value(2.0)
     inner = gradrs.compile(lambda x: w * x)

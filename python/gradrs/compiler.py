@@ -21,6 +21,8 @@ Semantics, as in ``jax.jit``:
   from their leaves. A compiled call's result made before the call and closed over cannot be
   recomputed (its program is not in the graph): its value is read as it is, and gradients still
   flow through it to its parameters.
+- Tracing always records a graph, even when the first call is made under ``gradrs.no_grad()``;
+  a replay under ``no_grad()`` runs forward only and returns leaves.
 - A compiled function called while another is being traced runs eagerly, so the outer trace
   records its ops (``jax.jit`` inlines nested jits the same way).
 - Inside ``fn``, a numpy-array argument arrives as (nested) lists of Values of its shape.
@@ -37,6 +39,7 @@ import numpy as np
 
 from gradrs._core import Program, Value
 from gradrs._core import sum as gradrs_sum
+from gradrs.grad_mode import enable_grad
 
 __all__ = ["Compiled", "compile"]
 
@@ -134,7 +137,9 @@ class Compiled:
         leaves = [Value(s.data if isinstance(s, Value) else s) for s in slots]
         _tracing.depth = _tracing_depth() + 1
         try:
-            out = self.fn(*_rebuild(args, leaves, [0]))
+            # A trace made inside no_grad() would record no graph and cache a constant program.
+            with enable_grad():
+                out = self.fn(*_rebuild(args, leaves, [0]))
         finally:
             _tracing.depth -= 1
         single = isinstance(out, Value)
