@@ -8,38 +8,64 @@ program's slots and replay it without Python per node. What comes back are Value
 Semantics, as in ``jax.jit``:
 
 - Arguments that are numbers, numpy arrays, Values, or lists/tuples of them become input slots;
-  anything else is static (part of the cache key, by identity). A call whose arguments have
-  another structure (types, lengths, shapes) traces again; it never reuses a wrong program.
+  anything else is static and part of the cache key: ``None``, booleans, strings and bytes by
+  value, any other object by identity (the cache keeps it alive, so its id cannot be reused by
+  another object). A call whose arguments have another structure (types, lengths, shapes) or
+  other static arguments traces again; it never reuses a wrong program. Which Values a static
+  object holds is fixed at trace time: update a parameter's ``.data`` in place, or compile again
+  after replacing it with a new Value.
 - Python control flow that depends on values (``if v.data > 0``) is baked in at trace time: the
   program replays the branch the trace took.
 - Every Value ``fn`` closes over that is a leaf (a model's parameters) is read again at every
   replay, so updates to ``.data`` are seen. Interior nodes made before the call are recomputed
-  from their leaves.
+  from their leaves. A compiled call's result made before the call and closed over cannot be
+  recomputed (its program is not in the graph): its value is read as it is, and gradients still
+  flow through it to its parameters.
+- Tracing always records a graph, even when the first call is made under ``gradrs.no_grad()``;
+  a replay under ``no_grad()`` runs forward only and returns leaves.
+- A compiled function called while another is being traced runs eagerly, so the outer trace
+  records its ops (``jax.jit`` inlines nested jits the same way).
 - Inside ``fn``, a numpy-array argument arrives as (nested) lists of Values of its shape.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from gradrs._core import Program, Value
+from gradrs._core import sum as gradrs_sum
+from gradrs.grad_mode import enable_grad
 
 __all__ = ["Compiled", "compile"]
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
+# Static arguments compared by value in the cache key; any other static object by identity.
+_VALUE_KEYED = (type(None), bool, str, bytes)
+
+# How many traces are running on this thread: a compiled function called inside one runs eagerly.
+_tracing = threading.local()
 
 
-def _flatten(obj: Any, slots: list[Any], key: list[Any]) -> None:
-    """Appends ``obj``'s input slots (floats or Values) to ``slots`` and its structure to ``key``."""
+def _tracing_depth() -> int:
+    return getattr(_tracing, "depth", 0)
+
+
+def _flatten(obj: Any, slots: list[Any], key: list[Any], statics: list[Any]) -> None:
+    """Appends ``obj``'s input slots (floats or Values) to ``slots``, its structure to ``key``,
+    and the static objects keyed by identity to ``statics`` (the trace keeps them alive)."""
     if isinstance(obj, Value):
         key.append("V")
         slots.append(obj)
-    elif isinstance(obj, bool) or not isinstance(obj, (*_NUMBER_TYPES, np.ndarray, list, tuple)):
+    elif isinstance(obj, _VALUE_KEYED):
+        key.append(("const", type(obj), obj))
+    elif not isinstance(obj, (*_NUMBER_TYPES, np.ndarray, list, tuple)):
         key.append(("static", id(obj)))
+        statics.append(obj)
     elif isinstance(obj, _NUMBER_TYPES):
         key.append("n")
         slots.append(float(obj))
@@ -49,7 +75,7 @@ def _flatten(obj: Any, slots: list[Any], key: list[Any]) -> None:
     else:
         key.append((type(obj).__name__, len(obj)))
         for item in obj:
-            _flatten(item, slots, key)
+            _flatten(item, slots, key, statics)
 
 
 def _rebuild(obj: Any, leaves: list[Value], at: list[int]) -> Any:
@@ -71,11 +97,27 @@ def _rebuild(obj: Any, leaves: list[Value], at: list[int]) -> Any:
     return obj
 
 
-class _Trace:
-    """One recorded program and the shape of what ``fn`` returned."""
+def _samples(arrays: tuple[Any, ...]) -> tuple[np.ndarray, ...]:
+    """The arguments of ``map``/``batch`` as float64 arrays of as many samples each."""
+    if not arrays:
+        raise TypeError("map() and batch() need at least one array of samples")
+    arrays = tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+    if any(a.ndim == 0 for a in arrays):
+        raise ValueError("every argument needs a first axis of samples")
+    n = arrays[0].shape[0]
+    if any(a.shape[0] != n for a in arrays):
+        raise ValueError("every array needs the same number of samples along its first axis")
+    if n == 0:
+        raise ValueError("map() and batch() need at least one sample")
+    return arrays
 
-    def __init__(self, program: Program, single: bool, out_type: type) -> None:
-        self.program, self.single, self.out_type = program, single, out_type
+
+class _Trace:
+    """One recorded program, the shape of what ``fn`` returned, and the static arguments whose
+    identity is part of its cache key (held so that no other object can take their ids)."""
+
+    def __init__(self, program: Program, single: bool, out_type: type, statics: list[Any]) -> None:
+        self.program, self.single, self.out_type, self.statics = program, single, out_type, statics
 
     def wrap(self, values: list[Value]) -> Any:
         return values[0] if self.single else self.out_type(values)
@@ -89,47 +131,64 @@ class Compiled:
         self.fn = fn
         self._traces: dict[tuple[Any, ...], _Trace] = {}
 
-    def _trace(self, args: tuple[Any, ...], slots: list[Any], key: tuple[Any, ...]) -> _Trace:
+    def _trace(
+        self, args: tuple[Any, ...], slots: list[Any], key: tuple[Any, ...], statics: list[Any]
+    ) -> _Trace:
         leaves = [Value(s.data if isinstance(s, Value) else s) for s in slots]
-        out = self.fn(*_rebuild(args, leaves, [0]))
+        _tracing.depth = _tracing_depth() + 1
+        try:
+            # A trace made inside no_grad() would record no graph and cache a constant program.
+            with enable_grad():
+                out = self.fn(*_rebuild(args, leaves, [0]))
+        finally:
+            _tracing.depth -= 1
         single = isinstance(out, Value)
         outputs = [out] if single else list(out) if isinstance(out, (list, tuple)) else None
         if not outputs or not all(isinstance(v, Value) for v in outputs):
             raise TypeError(
                 f"a compiled function must return a Value or a list/tuple of Values, got {type(out).__name__}"
             )
-        trace = _Trace(Program(outputs, leaves), single, type(out))
+        trace = _Trace(Program(outputs, leaves), single, type(out), statics)
         self._traces[key] = trace
         return trace
 
     def _prepare(self, args: tuple[Any, ...]) -> tuple[_Trace, list[Any]]:
         slots: list[Any] = []
         key: list[Any] = []
-        _flatten(args, slots, key)
+        statics: list[Any] = []
+        _flatten(args, slots, key, statics)
         trace = self._traces.get(tuple(key))
         if trace is None:
-            trace = self._trace(args, slots, tuple(key))
+            trace = self._trace(args, slots, tuple(key), statics)
         return trace, slots
 
+    def _eager(self, args: tuple[Any, ...]) -> Any:
+        """``fn`` run op by op on the arguments as a replay would see them (Values passed in kept,
+        so that an enclosing trace records the ops on them)."""
+        slots: list[Any] = []
+        _flatten(args, slots, [], [])
+        leaves = [s if isinstance(s, Value) else Value(s) for s in slots]
+        return self.fn(*_rebuild(args, leaves, [0]))
+
     def __call__(self, *args: Any) -> Any:
+        if _tracing_depth():
+            return self._eager(args)
         trace, slots = self._prepare(args)
         data = np.array([s.data if isinstance(s, Value) else s for s in slots], dtype=np.float64)
         attached = [s if isinstance(s, Value) else None for s in slots]
         return trace.wrap(trace.program.run(data, attached))
 
     def _rows(self, arrays: tuple[Any, ...]) -> tuple[_Trace, np.ndarray]:
-        if not arrays:
-            raise TypeError("map() and batch() need at least one array of samples")
-        arrays = tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+        arrays = _samples(arrays)
         n = arrays[0].shape[0]
-        if any(a.ndim == 0 or a.shape[0] != n for a in arrays):
-            raise ValueError("every array needs the same number of samples along its first axis")
         trace, _ = self._prepare(tuple(a[0] for a in arrays))
         rows = np.ascontiguousarray(np.concatenate([a.reshape(n, -1) for a in arrays], axis=1))
         return trace, rows
 
     def map(self, *arrays: Any, threads: int | None = None) -> np.ndarray:
-        """``fn`` of every sample (row ``i`` of each array), forward only: an (n, outputs) array."""
+        """``fn`` of every sample (row ``i`` of each array), forward only: an (n, outputs) array,
+        or an (n,) array when ``fn`` returns one Value. ``threads`` (default: every core) is for
+        testing; the result does not depend on it."""
         trace, rows = self._rows(arrays)
         out = trace.program.map(rows, threads)
         return out[:, 0] if trace.single else out
@@ -139,10 +198,28 @@ class Compiled:
 
         The result (a Value, or the same kind of list as ``fn`` returns) back-propagates the
         reduced gradient into the parameters. The samples are split across the machine's cores
-        with the GIL released; the result is identical to a one-thread run.
+        with the GIL released; the result is identical to a one-thread run (``threads`` is there
+        to test that). Under ``gradrs.no_grad()`` only the forward pass runs and leaves come back.
         """
+        if _tracing_depth():
+            return self._eager_batch(arrays, reduce)
         trace, rows = self._rows(arrays)
         return trace.wrap(trace.program.batch(rows, reduce, threads))
+
+    def _eager_batch(self, arrays: tuple[Any, ...], reduce: str) -> Any:
+        """``batch`` op by op, for a call inside another function's trace."""
+        if reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
+        arrays = _samples(arrays)
+        outs = [self._eager(tuple(a[i] for a in arrays)) for i in range(arrays[0].shape[0])]
+
+        def reduced(column: Any) -> Value:
+            total = gradrs_sum(column)
+            return total * (1.0 / len(outs)) if reduce == "mean" else total
+
+        if isinstance(outs[0], Value):
+            return reduced(outs)
+        return type(outs[0])(reduced(column) for column in zip(*outs, strict=True))
 
 
 def compile(fn: Callable[..., Any]) -> Compiled:  # noqa: A001 - the public name, as torch.compile

@@ -203,7 +203,7 @@ impl PyProgram {
     }
 
     /// The outputs over every row, reduced by `reduce` ('mean' or 'sum'), as Values whose
-    /// backward carries the reduced gradients into the parameters.
+    /// backward carries the reduced gradients into the parameters (leaves under no_grad).
     #[pyo3(signature = (rows, reduce = "mean", threads = None))]
     fn batch<'py>(
         &self,
@@ -224,10 +224,19 @@ impl PyProgram {
         let data = self.rows(&rows)?;
         let params = self.read_params()?;
         let threads = threads_for(threads);
-        let batch = py
-            .detach(|| self.program.batch(data, &params, reduce, threads))
-            .map_err(engine_error)?;
-        let outputs = batch.values.into_iter().zip(batch.grads).collect();
+        let outputs = if grad_enabled() {
+            let batch = py
+                .detach(|| self.program.batch(data, &params, reduce, threads))
+                .map_err(engine_error)?;
+            batch.values.into_iter().zip(batch.grads).collect()
+        } else {
+            // Under no_grad the result is a leaf: skip every reverse sweep.
+            py.detach(|| self.program.batch_values(data, &params, reduce, threads))
+                .map_err(engine_error)?
+                .into_iter()
+                .map(|value| (value, Vec::new()))
+                .collect()
+        };
         self.recorded(py, outputs, &[])
     }
 }

@@ -104,9 +104,9 @@ pub(crate) fn engine_error(err: EngineError) -> PyErr {
         EngineError::StaleHandle(_) => PyRuntimeError::new_err(err.to_string()),
         EngineError::TooManyNodes => PyMemoryError::new_err(err.to_string()),
         EngineError::NanGradient { .. } => AnomalyError::new_err(err.to_string()),
-        EngineError::WrongArity { .. } | EngineError::LengthMismatch { .. } => {
-            PyValueError::new_err(err.to_string())
-        }
+        EngineError::WrongArity { .. }
+        | EngineError::LengthMismatch { .. }
+        | EngineError::CompiledCallOnInputs => PyValueError::new_err(err.to_string()),
     }
 }
 

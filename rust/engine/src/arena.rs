@@ -38,6 +38,9 @@ pub enum EngineError {
         inputs: Vec<f64>,
         upstream: f64,
     },
+    /// A graph being recorded into a program contains a compiled call's result that was
+    /// computed from one of the program's input slots: its value cannot be replayed.
+    CompiledCallOnInputs,
 }
 
 impl fmt::Display for EngineError {
@@ -60,6 +63,11 @@ impl fmt::Display for EngineError {
                 f,
                 "backward of op '{op}' produced nan (its inputs were {inputs:?}, \
                  the gradient flowing into it was {upstream})"
+            ),
+            EngineError::CompiledCallOnInputs => write!(
+                f,
+                "cannot record a graph that contains a compiled call on the recorded inputs \
+                 (call the inner function uncompiled, or let gradrs.compile inline it)"
             ),
         }
     }

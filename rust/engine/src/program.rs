@@ -41,26 +41,46 @@ pub enum Reduce {
 pub const CHUNK_ROWS: usize = 32;
 
 impl Program {
-    /// Flattens the graph under `outputs`. Nodes in `inputs` become input slots; every other
-    /// leaf (and every compiled call's result) becomes a parameter read from the arena at each
-    /// replay; every other node becomes an instruction, recomputed from those at each replay.
+    /// Flattens the graph under `outputs`. Nodes in `inputs` become input slots (whatever is
+    /// below them is not recorded); every other leaf becomes a parameter read from the arena at
+    /// each replay; every other node becomes an instruction, recomputed from those at each replay
+    /// (so interior nodes made before recording are recomputed from their leaves, not re-read).
+    ///
+    /// A compiled call's result (`Op::Recorded`) cannot be recomputed: the arena keeps its value
+    /// and partials, not its program. One that does not depend on an input slot is treated as a
+    /// parameter (its stored value is read at each replay, and gradients flow through its stored
+    /// partials); one computed from an input slot is refused with
+    /// [`EngineError::CompiledCallOnInputs`], since replaying it would silently reuse a value
+    /// computed from the inputs seen when recording.
     pub fn record(arena: &Arena, outputs: &[NodeId], inputs: &[NodeId]) -> Result<Program> {
         for &id in outputs.iter().chain(inputs) {
             arena.view(id)?;
         }
-        let order = post_order(arena, outputs)?;
         let mut register: HashMap<NodeId, u32> = HashMap::new();
         for (i, &id) in inputs.iter().enumerate() {
             register.entry(id).or_insert(i as u32);
         }
+        let is_input = |id: NodeId| register.contains_key(&id);
+        let opaque = |id: NodeId| Ok(is_input(id) || matches!(arena.op(id)?, Op::Recorded));
+        let order = post_order(arena, outputs, opaque)?;
         let mut params = Vec::new();
         let mut interior = Vec::new();
         for &id in &order {
-            if register.contains_key(&id) {
+            if is_input(id) {
                 continue;
             }
             match arena.op(id)? {
-                Op::Leaf | Op::Recorded => params.push(id),
+                Op::Leaf => params.push(id),
+                Op::Recorded => {
+                    if !inputs.is_empty()
+                        && post_order(arena, &[id], |n| Ok(is_input(n)))?
+                            .into_iter()
+                            .any(is_input)
+                    {
+                        return Err(EngineError::CompiledCallOnInputs);
+                    }
+                    params.push(id);
+                }
                 _ => interior.push(id),
             }
         }
@@ -220,6 +240,36 @@ impl Program {
                 total.values[k] *= scale;
                 total.grads[k].iter_mut().for_each(|g| *g *= scale);
             }
+        }
+        Ok(total)
+    }
+
+    /// [`Program::batch`]'s reduced outputs alone (no reverse sweeps), bit-identical to its
+    /// `values`: the same chunks, summed in the same order.
+    pub fn batch_values(
+        &self,
+        rows: &[f64],
+        params: &[f64],
+        reduce: Reduce,
+        threads: usize,
+    ) -> Result<Vec<f64>> {
+        let n_rows = self.rows_in(rows)?;
+        let n_out = self.outputs.len();
+        let chunks = run_chunks(n_rows, threads, |range| {
+            let block = Block::new(self, rows, params, range);
+            (0..n_out)
+                .map(|k| block.output(k).iter().sum::<f64>())
+                .collect::<Vec<_>>()
+        });
+        let mut total = vec![0.0; n_out];
+        for part in chunks {
+            for (t, v) in total.iter_mut().zip(part) {
+                *t += v;
+            }
+        }
+        if reduce == Reduce::Mean && n_rows > 0 {
+            let scale = 1.0 / n_rows as f64;
+            total.iter_mut().for_each(|v| *v *= scale);
         }
         Ok(total)
     }
@@ -517,20 +567,32 @@ fn run_chunks<T: Send>(
     results.into_iter().flatten().collect()
 }
 
-/// Post-order over every node under `roots` (children first, each node once).
-fn post_order(arena: &Arena, roots: &[NodeId]) -> Result<Vec<NodeId>> {
+/// Post-order over every node under `roots` (children first, each node once), not walking
+/// below the nodes for which `opaque` is true (they are listed, their children are not).
+fn post_order(
+    arena: &Arena,
+    roots: &[NodeId],
+    opaque: impl Fn(NodeId) -> Result<bool>,
+) -> Result<Vec<NodeId>> {
+    let below = |id: NodeId| -> Result<Vec<NodeId>> {
+        if opaque(id)? {
+            Ok(Vec::new())
+        } else {
+            arena.children(id)
+        }
+    };
     let mut seen = std::collections::HashSet::new();
     let mut order = Vec::new();
     for &root in roots {
         if !seen.insert(root) {
             continue;
         }
-        let mut stack = vec![(root, arena.children(root)?, 0usize)];
+        let mut stack = vec![(root, below(root)?, 0usize)];
         while let Some((id, children, next)) = stack.last_mut() {
             if let Some(&child) = children.get(*next) {
                 *next += 1;
                 if seen.insert(child) {
-                    let grandchildren = arena.children(child)?;
+                    let grandchildren = below(child)?;
                     stack.push((child, grandchildren, 0));
                 }
             } else {
@@ -593,6 +655,55 @@ mod tests {
         let mean = mapped.iter().sum::<f64>() / 1000.0;
         assert!((mean - serial.values[0]).abs() < 1e-12);
         assert!(program.batch(&rows[..3], &params, Reduce::Sum, 1).is_ok());
+    }
+
+    #[test]
+    fn batch_values_equal_the_values_of_a_full_batch() {
+        let mut arena = Arena::new();
+        let (_, _, _, _, program) = neuron(&mut arena);
+        let rows: Vec<f64> = (0..333).map(|i| (i as f64 * 0.71).cos()).collect();
+        let params = [-1.5, 0.25];
+        for reduce in [Reduce::Sum, Reduce::Mean] {
+            for threads in [1, 3] {
+                assert_eq!(
+                    program.batch_values(&rows, &params, reduce, threads).unwrap(),
+                    program.batch(&rows, &params, reduce, 1).unwrap().values
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_below_an_input_slot_is_recorded() {
+        let mut arena = Arena::new();
+        let a = arena.leaf(2.0).unwrap();
+        let b = arena.leaf(3.0).unwrap();
+        let slot = arena.apply2(Op::Mul, a, b).unwrap();
+        let out = arena.apply1(Op::Tanh, slot).unwrap();
+        let program = Program::record(&arena, &[out], &[slot]).unwrap();
+        assert_eq!((program.params(), program.n_instructions()), (&[][..], 1));
+    }
+
+    #[test]
+    fn a_compiled_call_is_a_parameter_unless_it_was_computed_from_an_input() {
+        let mut arena = Arena::new();
+        let w = arena.leaf(2.0).unwrap();
+        let x = arena.leaf(0.5).unwrap();
+        // A compiled call over w alone: read at each replay like a leaf, its partials kept.
+        let call = arena.recorded(4.0, &[w], vec![2.0]).unwrap();
+        let out = arena.apply2(Op::Mul, call, x).unwrap();
+        let program = Program::record(&arena, &[out], &[x]).unwrap();
+        assert_eq!((program.params(), program.n_instructions()), (&[call][..], 1));
+        // One computed from the input slot x: its stored value would be stale at replay.
+        let on_x = arena.recorded(1.0, &[w, x], vec![0.5, 2.0]).unwrap();
+        let y = arena.apply1(Op::Tanh, on_x).unwrap();
+        let deeper = arena.recorded(0.7, &[y], vec![1.0]).unwrap();
+        let out = arena.apply2(Op::Add, deeper, w).unwrap();
+        assert_eq!(
+            Program::record(&arena, &[out], &[x]).unwrap_err(),
+            EngineError::CompiledCallOnInputs
+        );
+        assert!(Program::record(&arena, &[out], &[]).is_ok());
     }
 
     #[test]
