@@ -130,6 +130,9 @@ class Compiled:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self._traces: dict[tuple[Any, ...], _Trace] = {}
+        # map/batch: the trace for each tuple of per-sample shapes, so that a call on arrays of a
+        # known shape skips flattening its first sample again.
+        self._row_traces: dict[tuple[Any, ...], _Trace] = {}
 
     def _trace(
         self, args: tuple[Any, ...], slots: list[Any], key: tuple[Any, ...], statics: list[Any]
@@ -181,7 +184,13 @@ class Compiled:
     def _rows(self, arrays: tuple[Any, ...]) -> tuple[_Trace, np.ndarray]:
         arrays = _samples(arrays)
         n = arrays[0].shape[0]
-        trace, _ = self._prepare(tuple(a[0] for a in arrays))
+        shapes = tuple(a.shape[1:] for a in arrays)
+        trace = self._row_traces.get(shapes)
+        if trace is None:
+            trace, _ = self._prepare(tuple(a[0] for a in arrays))
+            self._row_traces[shapes] = trace
+        if len(arrays) == 1 and arrays[0].ndim == 2 and arrays[0].flags.c_contiguous:
+            return trace, arrays[0]
         rows = np.ascontiguousarray(np.concatenate([a.reshape(n, -1) for a in arrays], axis=1))
         return trace, rows
 
