@@ -480,12 +480,7 @@ impl<'p> Block<'p> {
                         match (self.place(args[i]), self.place(args[n + i])) {
                             (Place::Param(p), Place::Row(xa)) => {
                                 let x = &self.registers[xa..xa + r];
-                                add(
-                                    Place::Param(p),
-                                    0,
-                                    x.iter().zip(&g).map(|(x, g)| x * g).sum(),
-                                    adjoint,
-                                );
+                                add(Place::Param(p), 0, dot_of(x, &g), adjoint);
                                 let w = self.params[p];
                                 for (a, g) in adjoint[xa..xa + r].iter_mut().zip(&g) {
                                     *a += w * g;
@@ -517,6 +512,21 @@ impl<'p> Block<'p> {
             }
         }
     }
+}
+
+/// `a · b`, summed in four interleaved partial sums: a single running sum would wait on each
+/// addition in turn, and this is the innermost loop of a compiled backward pass. The order is
+/// fixed, so results do not depend on anything but `a` and `b`.
+fn dot_of(a: &[f64], b: &[f64]) -> f64 {
+    let mut lanes = [0.0; 4];
+    let whole = a.len() - a.len() % 4;
+    for (qa, qb) in a[..whole].chunks_exact(4).zip(b[..whole].chunks_exact(4)) {
+        for i in 0..4 {
+            lanes[i] += qa[i] * qb[i];
+        }
+    }
+    let tail: f64 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail
 }
 
 /// A batch's reduced outputs and, per output, its reduced gradient over the parameters.
