@@ -4,6 +4,8 @@
 //! lock (and, for batches, without the GIL, on several threads), and hands back
 //! Values whose backward carries the replayed gradients into the parameters.
 
+use std::sync::OnceLock;
+
 use gradrs_engine::program::{Program, Reduce};
 use gradrs_engine::{NodeId, ARENA};
 use numpy::{PyArray2, PyReadonlyArray1, PyReadonlyArray2};
@@ -38,7 +40,11 @@ fn ids_of(values: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<NodeId>> {
 }
 
 fn threads_for(requested: Option<usize>) -> usize {
-    requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    // Asked once: on Linux the answer comes from reading cgroup files, which costs more than
+    // replaying a small batch.
+    static CORES: OnceLock<usize> = OnceLock::new();
+    requested
+        .unwrap_or_else(|| *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
 }
 
 impl PyProgram {

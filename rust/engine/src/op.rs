@@ -101,6 +101,7 @@ impl Op {
     }
 
     /// The op's value given its children's values `x`.
+    #[inline(always)]
     pub fn forward(&self, x: &[f64]) -> f64 {
         match self {
             Op::Leaf => f64::NAN,
@@ -134,6 +135,7 @@ impl Op {
 
     /// The local derivative ∂out/∂x[i], given the children's values `x` and the
     /// op's own value `out` (reused where the math allows, as for tanh and exp).
+    #[inline(always)]
     pub fn local_grad(&self, x: &[f64], out: f64, i: usize) -> f64 {
         match self {
             Op::Leaf => 0.0,

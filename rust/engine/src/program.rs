@@ -336,6 +336,32 @@ enum Place {
     Param(usize),
 }
 
+/// A register's numbers across a block's rows, read once per instruction rather than per row.
+#[derive(Clone, Copy)]
+enum Column<'a> {
+    Row(&'a [f64]),
+    Param(f64),
+}
+
+impl Column<'_> {
+    #[inline]
+    fn at(self, j: usize) -> f64 {
+        match self {
+            Column::Row(values) => values[j],
+            Column::Param(value) => value,
+        }
+    }
+}
+
+/// Adds `amount` to register `place`'s adjoint in row `j` (a parameter's is one sum for all rows).
+#[inline]
+fn accumulate(place: Place, j: usize, amount: f64, adjoint: &mut [f64], of_params: &mut [f64]) {
+    match place {
+        Place::Row(at) => adjoint[at + j] += amount,
+        Place::Param(p) => of_params[p] += amount,
+    }
+}
+
 impl<'p> Block<'p> {
     fn new(program: &'p Program, data: &[f64], params: &'p [f64], range: std::ops::Range<usize>) -> Self {
         let rows = range.len();
@@ -367,11 +393,10 @@ impl<'p> Block<'p> {
         }
     }
 
-    /// Register `reg`'s number in row `j`.
-    fn value(&self, reg: u32, j: usize) -> f64 {
+    fn column(&self, reg: u32) -> Column<'_> {
         match self.place(reg) {
-            Place::Row(at) => self.registers[at + j],
-            Place::Param(p) => self.params[p],
+            Place::Row(at) => Column::Row(&self.registers[at..at + self.rows]),
+            Place::Param(p) => Column::Param(self.params[p]),
         }
     }
 
@@ -386,30 +411,45 @@ impl<'p> Block<'p> {
                 (Op::Dot, _) => {
                     let n = args.len() / 2;
                     match args.len() % 2 {
-                        1 => (0..r).for_each(|j| out[j] = self.value(args[2 * n], j)),
+                        1 => {
+                            let bias = self.column(args[2 * n]);
+                            out.iter_mut().enumerate().for_each(|(j, o)| *o = bias.at(j));
+                        }
                         _ => out.fill(0.0),
                     }
                     for i in 0..n {
-                        match (self.place(args[i]), self.place(args[n + i])) {
-                            (Place::Param(p), Place::Row(at)) => {
-                                let w = self.params[p];
-                                for (o, x) in out.iter_mut().zip(&self.registers[at..at + r]) {
+                        match (self.column(args[i]), self.column(args[n + i])) {
+                            (Column::Param(w), Column::Row(xs)) => {
+                                for (o, x) in out.iter_mut().zip(xs) {
                                     *o += w * x;
                                 }
                             }
-                            _ => (0..r)
-                                .for_each(|j| out[j] += self.value(args[i], j) * self.value(args[n + i], j)),
+                            (w, xs) => out
+                                .iter_mut()
+                                .enumerate()
+                                .for_each(|(j, o)| *o += w.at(j) * xs.at(j)),
                         }
                     }
                 }
-                (op, &[a]) => (0..r).for_each(|j| out[j] = op.forward(&[self.value(a, j)])),
+                (op, &[a]) => match self.column(a) {
+                    Column::Row(xs) => {
+                        for (o, &x) in out.iter_mut().zip(xs) {
+                            *o = op.forward(&[x]);
+                        }
+                    }
+                    Column::Param(x) => out.fill(op.forward(&[x])),
+                },
                 (op, &[a, b]) => {
-                    (0..r).for_each(|j| out[j] = op.forward(&[self.value(a, j), self.value(b, j)]))
+                    let (xa, xb) = (self.column(a), self.column(b));
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = op.forward(&[xa.at(j), xb.at(j)]);
+                    }
                 }
                 (op, _) => {
+                    let columns: Vec<Column> = args.iter().map(|&a| self.column(a)).collect();
                     for (j, o) in out.iter_mut().enumerate() {
                         x.clear();
-                        x.extend(args.iter().map(|&a| self.value(a, j)));
+                        x.extend(columns.iter().map(|c| c.at(j)));
                         *o = op.forward(&x);
                     }
                 }
@@ -420,8 +460,8 @@ impl<'p> Block<'p> {
     }
 
     fn output(&self, k: usize) -> Vec<f64> {
-        let reg = self.program.outputs[k];
-        (0..self.rows).map(|j| self.value(reg, j)).collect()
+        let column = self.column(self.program.outputs[k]);
+        (0..self.rows).map(|j| column.at(j)).collect()
     }
 
     /// Every row's outputs, row by row.
@@ -462,10 +502,6 @@ impl<'p> Block<'p> {
             Place::Row(at) => adjoint[at..at + r].fill(1.0),
             Place::Param(p) => of_params[p] += r as f64,
         }
-        let mut add = |place: Place, j: usize, amount: f64, adjoint: &mut [f64]| match place {
-            Place::Row(at) => adjoint[at + j] += amount,
-            Place::Param(p) => of_params[p] += amount,
-        };
         let mut g = vec![0.0; r];
         let mut x = Vec::new();
         for (k, instr) in program.instrs.iter().enumerate().rev() {
@@ -480,32 +516,67 @@ impl<'p> Block<'p> {
                         match (self.place(args[i]), self.place(args[n + i])) {
                             (Place::Param(p), Place::Row(xa)) => {
                                 let x = &self.registers[xa..xa + r];
-                                add(Place::Param(p), 0, dot_of(x, &g), adjoint);
+                                of_params[p] += dot_of(x, &g);
                                 let w = self.params[p];
                                 for (a, g) in adjoint[xa..xa + r].iter_mut().zip(&g) {
                                     *a += w * g;
                                 }
                             }
                             (wp, xp) => {
+                                let (w, xs) = (self.column(args[i]), self.column(args[n + i]));
                                 for (j, &gj) in g.iter().enumerate() {
-                                    add(wp, j, self.value(args[n + i], j) * gj, adjoint);
-                                    add(xp, j, self.value(args[i], j) * gj, adjoint);
+                                    accumulate(wp, j, xs.at(j) * gj, adjoint, of_params);
+                                    accumulate(xp, j, w.at(j) * gj, adjoint, of_params);
                                 }
                             }
                         }
                     }
                     if args.len() % 2 == 1 {
-                        let bias = self.place(args[2 * n]);
-                        (0..r).for_each(|j| add(bias, j, g[j], adjoint));
+                        match self.place(args[2 * n]) {
+                            Place::Param(p) => of_params[p] += sum_of(&g),
+                            Place::Row(to) => {
+                                for (a, gj) in adjoint[to..to + r].iter_mut().zip(&g) {
+                                    *a += gj;
+                                }
+                            }
+                        }
+                    }
+                }
+                (op, &[a]) => {
+                    let xa = self.column(a);
+                    match self.place(a) {
+                        Place::Row(to) => {
+                            for j in 0..r {
+                                adjoint[to + j] += op.local_grad(&[xa.at(j)], out[j], 0) * g[j];
+                            }
+                        }
+                        Place::Param(p) => {
+                            for j in 0..r {
+                                of_params[p] += op.local_grad(&[xa.at(j)], out[j], 0) * g[j];
+                            }
+                        }
+                    }
+                }
+                (op, &[a, b]) => {
+                    let (xa, xb) = (self.column(a), self.column(b));
+                    let (pa, pb) = (self.place(a), self.place(b));
+                    for j in 0..r {
+                        let x = [xa.at(j), xb.at(j)];
+                        let da = op.local_grad(&x, out[j], 0) * g[j];
+                        let db = op.local_grad(&x, out[j], 1) * g[j];
+                        accumulate(pa, j, da, adjoint, of_params);
+                        accumulate(pb, j, db, adjoint, of_params);
                     }
                 }
                 (op, _) => {
                     let places: Vec<Place> = args.iter().map(|&a| self.place(a)).collect();
+                    let columns: Vec<Column> = args.iter().map(|&a| self.column(a)).collect();
                     for j in 0..r {
                         x.clear();
-                        x.extend(args.iter().map(|&a| self.value(a, j)));
+                        x.extend(columns.iter().map(|c| c.at(j)));
                         for (i, &place) in places.iter().enumerate() {
-                            add(place, j, op.local_grad(&x, out[j], i) * g[j], adjoint);
+                            let amount = op.local_grad(&x, out[j], i) * g[j];
+                            accumulate(place, j, amount, adjoint, of_params);
                         }
                     }
                 }
@@ -526,6 +597,20 @@ fn dot_of(a: &[f64], b: &[f64]) -> f64 {
         }
     }
     let tail: f64 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail
+}
+
+/// The sum of `a` in [`dot_of`]'s four interleaved lanes (a parameter's gradient summed over a
+/// block's rows would otherwise wait on each addition in turn).
+fn sum_of(a: &[f64]) -> f64 {
+    let mut lanes = [0.0; 4];
+    let whole = a.len() - a.len() % 4;
+    for quad in a[..whole].chunks_exact(4) {
+        for i in 0..4 {
+            lanes[i] += quad[i];
+        }
+    }
+    let tail: f64 = a[whole..].iter().sum();
     (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail
 }
 
