@@ -118,30 +118,39 @@ impl Children {
     }
 }
 
-/// One node; 64 bytes, aligned so that each is exactly one cache line.
-#[derive(Clone, Debug)]
-#[repr(align(64))]
+// A node is kept in three arrays indexed by slot, split by who reads what: a backward walk reads
+// the children of every node it reaches (`links`, 16 bytes each, four to a cache line) before it
+// reads their values (`nodes`, 32 bytes, two to a line), and only creating, checking and freeing
+// a node read its reference count and generation (`slots`). One 64-byte record per node made a
+// walk over a graph that had just left the caches load a whole line per node, twice.
+
+/// A node's value, gradient and op.
+#[derive(Clone, Copy, Debug)]
+#[repr(align(32))]
 struct Node {
     data: f64,
     grad: f64,
     op: Op,
-    children: Children,
-    /// Handles plus parent edges referring to this node; 0 means the slot is free.
-    refs: u32,
-    gen: u32,
 }
 
+const _: () = assert!(std::mem::size_of::<Node>() == 32);
+const _: () = assert!(std::mem::size_of::<Children>() == 16);
+
 impl Node {
-    fn vacant() -> Self {
-        Node {
-            data: 0.0,
-            grad: 0.0,
-            op: Op::Leaf,
-            children: Children::None,
-            refs: 0,
-            gen: 0,
-        }
-    }
+    const VACANT: Node = Node {
+        data: 0.0,
+        grad: 0.0,
+        op: Op::Leaf,
+    };
+}
+
+/// The bookkeeping of one slot.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    /// Handles plus parent edges referring to this node; 0 means the slot is free.
+    refs: u32,
+    /// Bumped each time the slot is freed, so that old handles to it are recognised.
+    gen: u32,
 }
 
 /// A read-only view of one node, for bindings and tests.
@@ -155,6 +164,8 @@ pub struct NodeView<'a> {
 #[derive(Debug, Default)]
 pub struct Arena {
     nodes: Vec<Node>,
+    links: Vec<Children>,
+    slots: Vec<Slot>,
     /// Traversal stamps, one per slot, equal to `epoch` once visited in the current walk. Kept
     /// apart from the nodes so that a walk's "seen it?" test reads 4 bytes, not a node's line.
     marks: Vec<u32>,
@@ -179,6 +190,8 @@ impl Arena {
     pub const fn new() -> Self {
         Arena {
             nodes: Vec::new(),
+            links: Vec::new(),
+            slots: Vec::new(),
             marks: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -214,7 +227,7 @@ impl Arena {
     pub fn apply(&mut self, op: Op, children: &[NodeId]) -> Result<NodeId> {
         let data = self.evaluate(&op, children)?;
         for c in children {
-            self.nodes[c.slot as usize].refs += 1;
+            self.slots[c.slot as usize].refs += 1;
         }
         self.alloc(data, op, Children::of(children))
     }
@@ -226,7 +239,7 @@ impl Arena {
             return Err(wrong_arity(&op, 1));
         }
         let data = op.forward(&[x]);
-        self.nodes[a.slot as usize].refs += 1;
+        self.slots[a.slot as usize].refs += 1;
         self.alloc(data, op, Children::One(a.slot))
     }
 
@@ -238,8 +251,8 @@ impl Arena {
             return Err(wrong_arity(&op, 2));
         }
         let data = op.forward(&[x, y]);
-        self.nodes[a.slot as usize].refs += 1;
-        self.nodes[b.slot as usize].refs += 1;
+        self.slots[a.slot as usize].refs += 1;
+        self.slots[b.slot as usize].refs += 1;
         self.alloc(data, op, Children::Two(a.slot, b.slot))
     }
 
@@ -256,7 +269,7 @@ impl Arena {
             self.check(c)?;
         }
         for c in children {
-            self.nodes[c.slot as usize].refs += 1;
+            self.slots[c.slot as usize].refs += 1;
         }
         let id = self.alloc(
             value,
@@ -297,44 +310,55 @@ impl Arena {
                 if slot == u32::MAX {
                     return Err(EngineError::TooManyNodes);
                 }
-                self.nodes.push(Node::vacant());
+                self.nodes.push(Node::VACANT);
+                self.links.push(Children::None);
+                self.slots.push(Slot::default());
                 self.marks.push(0);
                 slot
             }
         };
-        let node = &mut self.nodes[slot as usize];
-        node.data = data;
-        node.grad = 0.0;
-        node.op = op;
-        node.children = children;
-        node.refs = 1;
+        let at = slot as usize;
+        self.nodes[at] = Node { data, grad: 0.0, op };
+        self.links[at] = children;
+        let bookkeeping = &mut self.slots[at];
+        bookkeeping.refs = 1;
         self.live += 1;
-        Ok(NodeId { slot, gen: node.gen })
+        Ok(NodeId {
+            slot,
+            gen: bookkeeping.gen,
+        })
+    }
+
+    /// Whether `id` names the node living in its slot now.
+    fn holds(&self, id: NodeId) -> bool {
+        matches!(self.slots.get(id.slot as usize), Some(s) if s.refs > 0 && s.gen == id.gen)
     }
 
     fn check(&self, id: NodeId) -> Result<&Node> {
-        match self.nodes.get(id.slot as usize) {
-            Some(node) if node.refs > 0 && node.gen == id.gen => Ok(node),
-            _ => Err(EngineError::StaleHandle(id)),
+        match self.holds(id) {
+            true => Ok(&self.nodes[id.slot as usize]),
+            false => Err(EngineError::StaleHandle(id)),
         }
     }
 
     fn check_mut(&mut self, id: NodeId) -> Result<&mut Node> {
-        match self.nodes.get_mut(id.slot as usize) {
-            Some(node) if node.refs > 0 && node.gen == id.gen => Ok(node),
-            _ => Err(EngineError::StaleHandle(id)),
+        match self.holds(id) {
+            true => Ok(&mut self.nodes[id.slot as usize]),
+            false => Err(EngineError::StaleHandle(id)),
         }
     }
 
     /// Whether `id` names a live node.
     pub fn is_live(&self, id: NodeId) -> bool {
-        self.check(id).is_ok()
+        self.holds(id)
     }
 
     /// Adds a reference (a new handle to the same node).
     pub fn retain(&mut self, id: NodeId) -> Result<()> {
-        let node = self.check_mut(id)?;
-        node.refs += 1;
+        if !self.holds(id) {
+            return Err(EngineError::StaleHandle(id));
+        }
+        self.slots[id.slot as usize].refs += 1;
         Ok(())
     }
 
@@ -342,11 +366,11 @@ impl Arena {
     /// refers to. A stale handle is ignored: releasing is called from destructors,
     /// which have no way to report an error.
     pub fn release(&mut self, id: NodeId) {
-        match self.nodes.get_mut(id.slot as usize) {
-            Some(node) if node.refs > 0 && node.gen == id.gen => {
+        match self.slots.get_mut(id.slot as usize) {
+            Some(bookkeeping) if bookkeeping.refs > 0 && bookkeeping.gen == id.gen => {
                 // The common case: something else still refers to the node.
-                if node.refs > 1 {
-                    node.refs -= 1;
+                if bookkeeping.refs > 1 {
+                    bookkeeping.refs -= 1;
                     return;
                 }
             }
@@ -356,22 +380,23 @@ impl Arena {
         work.clear();
         work.push(id.slot);
         while let Some(slot) = work.pop() {
-            let node = &mut self.nodes[slot as usize];
-            node.refs -= 1;
-            if node.refs > 0 {
+            let at = slot as usize;
+            let bookkeeping = &mut self.slots[at];
+            bookkeeping.refs -= 1;
+            if bookkeeping.refs > 0 {
                 continue;
             }
-            match std::mem::take(&mut node.children) {
+            bookkeeping.gen = bookkeeping.gen.wrapping_add(1);
+            match std::mem::take(&mut self.links[at]) {
                 Children::None => {}
                 Children::One(a) => work.push(a),
                 Children::Two(a, b) => work.extend([a, b]),
                 Children::Many(all) => work.extend_from_slice(&all),
             }
-            node.gen = node.gen.wrapping_add(1);
-            if matches!(node.op, Op::Recorded) {
+            if matches!(self.nodes[at].op, Op::Recorded) {
                 self.partials.remove(&slot);
             }
-            self.nodes[slot as usize].op = Op::Leaf;
+            self.nodes[at].op = Op::Leaf;
             if !self.labels.is_empty() {
                 self.labels.remove(&slot);
             }
@@ -388,6 +413,8 @@ impl Arena {
     /// because no handle can exist while nothing is live.
     fn shrink(&mut self) {
         self.nodes = Vec::new();
+        self.links = Vec::new();
+        self.slots = Vec::new();
         self.marks = Vec::new();
         self.free = Vec::new();
         self.worklist = Vec::new();
@@ -469,14 +496,13 @@ impl Arena {
     /// The children of a node, in order, as handles (not retained: the caller
     /// retains what it keeps).
     pub fn children(&self, id: NodeId) -> Result<Vec<NodeId>> {
-        let node = self.check(id)?;
-        Ok(node
-            .children
+        self.check(id)?;
+        Ok(self.links[id.slot as usize]
             .as_vec()
             .into_iter()
             .map(|slot| NodeId {
                 slot,
-                gen: self.nodes[slot as usize].gen,
+                gen: self.slots[slot as usize].gen,
             })
             .collect())
     }
@@ -500,11 +526,11 @@ impl Arena {
     pub fn topological_order(&mut self, root: NodeId) -> Result<Vec<NodeId>> {
         self.check(root)?;
         Ok(self
-            .topo_slots(root.slot, false)
+            .topo_slots(root.slot)
             .into_iter()
             .map(|slot| NodeId {
                 slot,
-                gen: self.nodes[slot as usize].gen,
+                gen: self.slots[slot as usize].gen,
             })
             .collect())
     }
@@ -518,10 +544,10 @@ impl Arena {
         self.epoch
     }
 
-    /// Post-order from `root` into `self.order`; with `reset_interior`, interior
-    /// gradients are zeroed on the way. The buffers are kept between calls, so a
-    /// training loop's backward does not allocate.
-    fn topo_slots(&mut self, root: u32, reset_interior: bool) -> Vec<u32> {
+    /// Post-order from `root` into `self.order`. It reads only the children and the
+    /// marks, and the buffers are kept between calls, so a training loop's backward
+    /// does not allocate.
+    fn topo_slots(&mut self, root: u32) -> Vec<u32> {
         let epoch = self.next_epoch();
         let mut order = std::mem::take(&mut self.order);
         let mut stack = std::mem::take(&mut self.stack);
@@ -531,7 +557,7 @@ impl Arena {
         self.marks[root as usize] = epoch;
         while let Some(top) = stack.last_mut() {
             let (slot, next) = *top;
-            match self.nodes[slot as usize].children.get(next as usize) {
+            match self.links[slot as usize].get(next as usize) {
                 Some(child) => {
                     top.1 += 1;
                     let mark = &mut self.marks[child as usize];
@@ -541,10 +567,6 @@ impl Arena {
                     }
                 }
                 None => {
-                    let node = &mut self.nodes[slot as usize];
-                    if reset_interior && !matches!(node.op, Op::Leaf) {
-                        node.grad = 0.0;
-                    }
                     order.push(slot);
                     stack.pop();
                 }
@@ -567,17 +589,19 @@ impl Arena {
     /// with [`EngineError::NanGradient`] naming the op that produced it.
     pub fn backward_checked(&mut self, root: NodeId, stop_at_nan: bool) -> Result<()> {
         self.check(root)?;
-        let order = self.topo_slots(root.slot, true);
-        self.nodes[root.slot as usize].grad += 1.0;
+        let order = self.topo_slots(root.slot);
+        let pass = self.next_epoch();
+        self.give(root.slot, 1.0, pass);
         let mut x = std::mem::take(&mut self.inputs);
         let mut outcome = Ok(());
         for (at, &slot) in order.iter().enumerate().rev() {
             if let Some(&ahead) = order.get(at.wrapping_sub(PREFETCH_DISTANCE)) {
                 prefetch(&self.nodes[ahead as usize]);
+                prefetch(&self.links[ahead as usize]);
             }
             let node = &self.nodes[slot as usize];
             let (op, g, out) = (node.op, node.grad, node.data);
-            let step = match node.children {
+            let step = match self.links[slot as usize] {
                 Children::None => Ok(()),
                 Children::One(a) => {
                     let x = [self.nodes[a as usize].data];
@@ -585,7 +609,7 @@ impl Arena {
                     if stop_at_nan && da.is_nan() {
                         Err(nan_gradient(op, &x, g))
                     } else {
-                        self.nodes[a as usize].grad += da;
+                        self.give(a, da, pass);
                         Ok(())
                     }
                 }
@@ -596,16 +620,25 @@ impl Arena {
                     if stop_at_nan && (da.is_nan() || db.is_nan()) {
                         Err(nan_gradient(op, &x, g))
                     } else {
-                        self.nodes[a as usize].grad += da;
-                        self.nodes[b as usize].grad += db;
+                        self.give(a, da, pass);
+                        self.give(b, db, pass);
                         Ok(())
                     }
                 }
-                Children::Many(_) => self.backward_many(slot, op, g, out, &mut x, stop_at_nan),
+                Children::Many(_) => self.backward_many(slot, &mut x, stop_at_nan, pass),
             };
             if let Err(e) = step {
                 outcome = Err(e);
                 break;
+            }
+        }
+        if outcome.is_err() {
+            // Stopped early: the interior nodes not reached yet hold an earlier pass's
+            // gradients, which must not pass for this one's.
+            for &slot in &order {
+                if self.marks[slot as usize] != pass && !matches!(self.nodes[slot as usize].op, Op::Leaf) {
+                    self.nodes[slot as usize].grad = 0.0;
+                }
             }
         }
         self.inputs = x;
@@ -613,17 +646,31 @@ impl Arena {
         outcome
     }
 
+    /// Adds `amount` to a node's gradient in backward pass `pass`. An interior node's first
+    /// amount in a pass replaces what an earlier pass left there; a leaf accumulates across
+    /// passes. (Resetting interior nodes here rather than while ordering them keeps the
+    /// ordering walk from touching the nodes themselves.)
+    #[inline(always)]
+    fn give(&mut self, slot: u32, amount: f64, pass: u32) {
+        let at = slot as usize;
+        let node = &mut self.nodes[at];
+        if self.marks[at] != pass {
+            self.marks[at] = pass;
+            if !matches!(node.op, Op::Leaf) {
+                node.grad = 0.0;
+            }
+        }
+        node.grad += amount;
+    }
+
     /// The backward step of an n-ary node (`Sum`, `Dot`).
-    fn backward_many(
-        &mut self,
-        slot: u32,
-        op: Op,
-        g: f64,
-        out: f64,
-        x: &mut Vec<f64>,
-        stop_at_nan: bool,
-    ) -> Result<()> {
-        let Children::Many(children) = std::mem::take(&mut self.nodes[slot as usize].children) else {
+    fn backward_many(&mut self, slot: u32, x: &mut Vec<f64>, stop_at_nan: bool, pass: u32) -> Result<()> {
+        let Node {
+            data: out,
+            grad: g,
+            op,
+        } = self.nodes[slot as usize];
+        let Children::Many(children) = std::mem::take(&mut self.links[slot as usize]) else {
             return Ok(());
         };
         x.clear();
@@ -643,9 +690,9 @@ impl Arena {
                 result = Err(nan_gradient(op, x, g));
                 break;
             }
-            self.nodes[child as usize].grad += amount;
+            self.give(child, amount, pass);
         }
-        self.nodes[slot as usize].children = Children::Many(children);
+        self.links[slot as usize] = Children::Many(children);
         result
     }
 }
