@@ -78,6 +78,31 @@ def test_replay_equals_eager_on_every_golden_case(case):
     again = compiled(*[Value(x) for x in start_values])  # the cached program, a second time
     assert again.data == out.data
 
+    # The same program at other inputs, against a fresh eager run there, gradients included.
+    moved = [x * 0.9 + 0.05 if x != 0 else 0.0 for x in start_values]
+    eager_args = [Value(x) for x in moved]
+    it = iter(eager_args)
+    local = {"V": lambda _x: next(it)}
+    exec(case["code"], local)
+    eager_moved = local["out"]
+    eager_moved.backward()
+    replay_args = [Value(x) for x in moved]
+    replayed = compiled(*replay_args)
+    replayed.backward()
+    assert len(compiled._traces) == 1
+    assert same_float(replayed.data, eager_moved.data), (replayed.data, eager_moved.data)
+    for a, e in zip(replay_args, eager_args, strict=True):
+        assert same_float(a.grad, e.grad), (a.grad, e.grad)
+
+
+def same_float(a: float, b: float) -> bool:
+    """rel_close, with nan equal to nan and infinities equal to themselves."""
+    if a != a or b != b:
+        return a != a and b != b
+    if abs(a) == float("inf") or abs(b) == float("inf"):
+        return a == b
+    return rel_close(a, b)
+
 
 def train(compiled: bool, steps: int = 20) -> list[float]:
     random.seed(3)
@@ -119,7 +144,8 @@ def test_batch_is_the_mean_of_single_runs_and_threads_do_not_change_it():
     random.seed(1)
     model = MLP(3, [5, 2])
     fn = gradrs.compile(lambda x: model(x))
-    X = np.random.default_rng(0).normal(size=(100, 3))
+    # 1,000 rows are 32 chunks of 32: enough for four threads to each take several.
+    X = np.random.default_rng(0).normal(size=(1000, 3))
     serial = fn.batch(X, threads=1)
     parallel = fn.batch(X, threads=4)
     assert [v.data for v in serial] == [v.data for v in parallel]
@@ -132,8 +158,51 @@ def test_batch_is_the_mean_of_single_runs_and_threads_do_not_change_it():
     serial[0].backward()
     assert [p.grad for p in model.parameters()] == grads_parallel
     mapped = fn.map(X)
-    assert mapped.shape == (100, 2)
+    assert mapped.shape == (1000, 2)
     assert rel_close(mapped[7, 1], singles[7][1].data)
+    assert np.array_equal(fn.map(X, threads=1), fn.map(X, threads=4))
+
+
+def test_batch_sums_when_asked():
+    w = Value(2.0)
+    fn = gradrs.compile(lambda x: w * x)
+    X = np.arange(4.0)
+    total = fn.batch(X, reduce="sum")
+    assert total.data == 12.0
+    total.backward()
+    assert w.grad == 6.0
+    assert fn.batch(X, reduce="mean").data == 3.0
+    with pytest.raises(ValueError, match="reduce must be 'mean' or 'sum'"):
+        fn.batch(X, reduce="max")
+
+
+def test_keyword_arguments_bind_as_the_function_binds_them():
+    w = Value(2.0)
+
+    def f(x, y=3.0, *, scale=1.0):
+        return (w * x + y) * scale
+
+    fn = gradrs.compile(f)
+    assert (fn(1.0).data, fn(1.0, y=4.0).data, fn(1.0, scale=2.0).data) == (5.0, 6.0, 10.0)
+    assert fn(x=5.0, y=1.0).data == 11.0  # bound as fn(5.0, 1.0): the program of fn(1.0, y=4.0)
+    assert len(fn._traces) == 3
+    out = fn(1.0, y=4.0, scale=3.0)
+    out.backward()
+    assert (out.data, w.grad) == (18.0, 3.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'z'"):
+        fn(1.0, z=2.0)
+
+
+def test_inside_detect_anomaly_a_compiled_function_names_the_op():
+    w = Value(-1.0)
+    fn = gradrs.compile(lambda x: (w * x).log())
+    assert fn(1.0).data != fn(1.0).data  # nan, silently, outside detect_anomaly
+    with gradrs.detect_anomaly():
+        assert gradrs.is_anomaly_enabled()
+        for call in (lambda: fn(1.0), lambda: fn.batch(np.array([1.0])), lambda: fn.map(np.array([1.0]))):
+            with pytest.raises(gradrs.AnomalyError, match=r"op 'log' produced nan .* \[-1.0\]"):
+                call()
+    assert not gradrs.is_anomaly_enabled()
 
 
 def test_a_new_structure_traces_again():

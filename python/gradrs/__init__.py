@@ -16,7 +16,7 @@ from gradrs._core import (
     is_grad_enabled,
     sum,
 )
-from gradrs.anomaly import detect_anomaly
+from gradrs.anomaly import detect_anomaly, is_anomaly_enabled
 from gradrs.bulk import data_of, grad_of, leaves
 from gradrs.grad_mode import enable_grad, no_grad
 from gradrs.gradcheck import GradcheckError, gradcheck
@@ -36,6 +36,7 @@ __all__ = [
     "enable_grad",
     "grad_of",
     "gradcheck",
+    "is_anomaly_enabled",
     "is_grad_enabled",
     "leaves",
     "live_nodes",

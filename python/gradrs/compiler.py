@@ -26,11 +26,16 @@ Semantics, as in ``jax.jit``:
 - A compiled function called while another is being traced runs eagerly, so the outer trace
   records its ops (``jax.jit`` inlines nested jits the same way).
 - Inside ``fn``, a numpy-array argument arrives as (nested) lists of Values of its shape.
+- Keyword arguments are accepted as ``fn`` accepts them; which names were passed is part of the
+  structure, and a defaulted argument that is left out keeps its default (baked in).
+- Inside ``gradrs.detect_anomaly()`` a compiled function runs op by op, so that the first nan
+  is reported with the op that made it.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +44,7 @@ import numpy as np
 
 from gradrs._core import Program, Value
 from gradrs._core import sum as gradrs_sum
+from gradrs.anomaly import is_anomaly_enabled
 from gradrs.grad_mode import enable_grad
 
 __all__ = ["Compiled", "compile"]
@@ -123,12 +129,22 @@ class _Trace:
         return values[0] if self.single else self.out_type(values)
 
 
+def _run_op_by_op() -> bool:
+    """Whether a compiled function must run eagerly: inside another trace (whose graph must
+    record its ops) or inside ``detect_anomaly()`` (whose errors must name an op)."""
+    return _tracing_depth() > 0 or is_anomaly_enabled()
+
+
 class Compiled:
     """A compiled function: call it like ``fn``; ``map`` and ``batch`` run it over many samples."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have none
+            self._signature = None
         self._traces: dict[tuple[Any, ...], _Trace] = {}
         # map/batch: the trace for each tuple of per-sample shapes, so that a call on arrays of a
         # known shape skips flattening its first sample again.
@@ -142,7 +158,7 @@ class Compiled:
         try:
             # A trace made inside no_grad() would record no graph and cache a constant program.
             with enable_grad():
-                out = self.fn(*_rebuild(args, leaves, [0]))
+                out = self._invoke(_rebuild(args, leaves, [0]))
         finally:
             _tracing.depth -= 1
         single = isinstance(out, Value)
@@ -165,18 +181,31 @@ class Compiled:
             trace = self._trace(args, slots, tuple(key), statics)
         return trace, slots
 
-    def _eager(self, args: tuple[Any, ...]) -> Any:
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """One call's arguments as ``(positional, ((name, value), ...))``, keyword arguments
+        bound as ``fn`` binds them (a TypeError for arguments ``fn`` does not take)."""
+        if kwargs and self._signature is not None:
+            bound = self._signature.bind(*args, **kwargs)
+            args, kwargs = bound.args, bound.kwargs
+        return (tuple(args), tuple(sorted(kwargs.items())))
+
+    def _invoke(self, call: tuple[Any, ...]) -> Any:
+        args, keywords = call
+        return self.fn(*args, **dict(keywords))
+
+    def _eager(self, call: tuple[Any, ...]) -> Any:
         """``fn`` run op by op on the arguments as a replay would see them (Values passed in kept,
         so that an enclosing trace records the ops on them)."""
         slots: list[Any] = []
-        _flatten(args, slots, [], [])
+        _flatten(call, slots, [], [])
         leaves = [s if isinstance(s, Value) else Value(s) for s in slots]
-        return self.fn(*_rebuild(args, leaves, [0]))
+        return self._invoke(_rebuild(call, leaves, [0]))
 
-    def __call__(self, *args: Any) -> Any:
-        if _tracing_depth():
-            return self._eager(args)
-        trace, slots = self._prepare(args)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        call = self._call(args, kwargs)
+        if _run_op_by_op():
+            return self._eager(call)
+        trace, slots = self._prepare(call)
         data = np.array([s.data if isinstance(s, Value) else s for s in slots], dtype=np.float64)
         attached = [s if isinstance(s, Value) else None for s in slots]
         return trace.wrap(trace.program.run(data, attached))
@@ -187,7 +216,7 @@ class Compiled:
         shapes = tuple(a.shape[1:] for a in arrays)
         trace = self._row_traces.get(shapes)
         if trace is None:
-            trace, _ = self._prepare(tuple(a[0] for a in arrays))
+            trace, _ = self._prepare((tuple(a[0] for a in arrays), ()))
             self._row_traces[shapes] = trace
         if len(arrays) == 1 and arrays[0].ndim == 2 and arrays[0].flags.c_contiguous:
             return trace, arrays[0]
@@ -198,9 +227,19 @@ class Compiled:
         """``fn`` of every sample (row ``i`` of each array), forward only: an (n, outputs) array,
         or an (n,) array when ``fn`` returns one Value. ``threads`` (default: every core) is for
         testing; the result does not depend on it."""
+        if _run_op_by_op():
+            return self._eager_map(arrays)
         trace, rows = self._rows(arrays)
         out = trace.program.map(rows, threads)
         return out[:, 0] if trace.single else out
+
+    def _eager_map(self, arrays: tuple[Any, ...]) -> np.ndarray:
+        """``map`` op by op."""
+        arrays = _samples(arrays)
+        outs = [self._eager((tuple(a[i] for a in arrays), ())) for i in range(arrays[0].shape[0])]
+        if isinstance(outs[0], Value):
+            return np.array([v.data for v in outs])
+        return np.array([[v.data for v in out] for out in outs])
 
     def batch(self, *arrays: Any, reduce: str = "mean", threads: int | None = None) -> Any:
         """``fn`` over every sample, reduced ('mean' or 'sum'), without a Python loop.
@@ -210,7 +249,7 @@ class Compiled:
         with the GIL released; the result is identical to a one-thread run (``threads`` is there
         to test that). Under ``gradrs.no_grad()`` only the forward pass runs and leaves come back.
         """
-        if _tracing_depth():
+        if _run_op_by_op():
             return self._eager_batch(arrays, reduce)
         trace, rows = self._rows(arrays)
         return trace.wrap(trace.program.batch(rows, reduce, threads))
@@ -220,7 +259,7 @@ class Compiled:
         if reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
         arrays = _samples(arrays)
-        outs = [self._eager(tuple(a[i] for a in arrays)) for i in range(arrays[0].shape[0])]
+        outs = [self._eager((tuple(a[i] for a in arrays), ())) for i in range(arrays[0].shape[0])]
 
         def reduced(column: Any) -> Value:
             total = gradrs_sum(column)
