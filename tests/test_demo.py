@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,27 @@ def test_demo_reproduces_micrograds_numbers():
     assert result.losses[-1] == pytest.approx(0.010978370135492717, rel=1e-6)
     assert result.accuracies[-1] == 1.0
     assert min(k for k, a in enumerate(result.accuracies) if a == 1.0) == 40
+
+
+def test_the_compiled_demo_trains_to_the_same_numbers_step_by_step():
+    _, eager, _ = train(steps=100, seed=1337)
+    _, compiled, _ = train(steps=100, seed=1337, compiled=True)
+    assert compiled.accuracies == eager.accuracies
+    for a, b in zip(eager.losses, compiled.losses, strict=True):
+        assert abs(a - b) <= 1e-12 * max(1.0, abs(a)), (a, b)
+    assert compiled.accuracies[-1] == 1.0
+
+
+def test_demo_compile_prints_both_wall_times():
+    result = subprocess.run(
+        [sys.executable, "-m", "gradrs", "demo", "--steps", "5", "--no-plot", "--compile"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "compiled and eager losses agree step by step (1e-12): True" in result.stdout
+    assert result.stdout.count("wall time") >= 2, result.stdout
 
 
 def test_python_m_gradrs_demo_writes_its_pictures(tmp_path):
@@ -36,6 +59,34 @@ def test_python_m_gradrs_demo_writes_its_pictures(tmp_path):
         assert "<svg" in svg.read_text()
     else:
         assert "dot' program was not found" in result.stdout
+        assert "digraph" in (tmp_path / "sample_loss_graph.dot").read_text()
+
+
+def test_the_learning_rate_decays_over_the_steps_asked_for():
+    # 1.0 - 0.9*k/steps: never negative, so a longer run keeps its loss down
+    _, result, _ = train(steps=160, seed=1337)
+    assert result.accuracies[-1] == 1.0
+    assert result.losses[-1] <= 1.01 * min(result.losses[100:])
+
+
+def test_the_gradrs_command_shows_progress(tmp_path):
+    script = Path(sys.executable).with_name("gradrs")
+    assert script.exists(), "the wheel installs a gradrs console script beside python"
+    result = subprocess.run(
+        [str(script), "demo", "--steps", "20", "--seed", "7", "--no-plot"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len(progress) == 10 and progress[-1].startswith("step   20/20 [")
+    assert all(" loss " in line and " accuracy " in line for line in progress)
+    assert re.search(r"^accuracy: \d+\.\d%$", result.stdout, re.MULTILINE)
+    other_seed = subprocess.run(
+        [str(script), "demo", "--steps", "20", "--seed", "8", "--no-plot"], capture_output=True, text=True
+    )
+    assert other_seed.stdout.splitlines()[-3] != result.stdout.splitlines()[-3]  # final loss differs
 
 
 def test_no_plot_and_bad_arguments():

@@ -179,3 +179,58 @@ def test_copied_layers_rebind_their_own_values():
     twin.neurons[0].w[0].data += 1.0
     assert twin(x)[0].data != layer(x)[0].data or twin(x)[0].data == 0.0
     assert [v.data for v in pickle.loads(pickle.dumps(layer))(x)] == [v.data for v in layer(x)]
+
+
+class Affine(nn.Module):
+    """A module written micrograd's way: it defines parameters() and nothing else."""
+
+    def __init__(self) -> None:
+        self.w, self.b = Value(2.0), Value(-1.0)
+
+    def __call__(self, x):
+        return self.w * x + self.b
+
+    def parameters(self):
+        return [self.w, self.b]
+
+
+def test_a_micrograd_style_module_saves_and_loads_by_position(tmp_path):
+    model = Affine()
+    assert model.state_dict() == {"0": 2.0, "1": -1.0}
+    model.save(tmp_path / "affine")  # numpy adds .npz; load() takes the same path
+    other = Affine()
+    other.w.data = 0.0
+    other.load(tmp_path / "affine")
+    assert (other.w.data, other.b.data) == (2.0, -1.0)
+    other.load(tmp_path / "affine.npz")
+    with pytest.raises(ValueError, match="missing"):
+        other.load_state_dict({"0": 1.0})
+
+
+def test_a_bad_state_dict_entry_changes_nothing():
+    model = nn.MLP(2, [2, 1])
+    before = model.state_dict()
+    bad = {name: 0.5 for name in before}
+    bad[list(bad)[-1]] = "junk"
+    with pytest.raises(ValueError, match="is not a number"):
+        model.load_state_dict(bad)
+    assert model.state_dict() == before
+
+
+def test_setting_nonlin_after_construction_takes_effect_as_in_micrograd():
+    random.seed(0)
+    layer = nn.Layer(2, 1)
+    neuron = layer.neurons[0]
+    neuron.w[0].data, neuron.w[1].data = -1.0, -1.0
+    assert layer([1.0, 1.0]).data == 0.0  # relu of -2
+    neuron.nonlin = False
+    assert repr(neuron) == "LinearNeuron(2)" and neuron.activation == "linear"
+    assert layer([1.0, 1.0]).data == -2.0  # the layer's fused form noticed
+    neuron.nonlin = True
+    assert repr(neuron) == "ReLUNeuron(2)"
+    neuron.activation = "tanh"
+    assert neuron.nonlin and repr(neuron) == "TanhNeuron(2)"
+    with pytest.raises(ValueError, match="unknown activation"):
+        neuron.activation = "swish"
+    clone = pickle.loads(pickle.dumps(neuron))
+    assert clone.activation == "tanh" and clone([1.0, 1.0]).data == neuron([1.0, 1.0]).data

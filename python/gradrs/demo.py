@@ -91,7 +91,7 @@ def train(
             total_loss, accuracy = loss_of(model, leaves(X), y)
         group.zero_grad()
         total_loss.backward()
-        learning_rate = 1.0 - 0.9 * k / 100
+        learning_rate = 1.0 - 0.9 * k / steps  # the notebook's 1.0 - 0.9*k/100 over its 100 steps
         group.sgd_step(learning_rate, 0.0, 0.0, velocity)  # p.data -= learning_rate * p.grad
         result.losses.append(total_loss.data)
         result.accuracies.append(accuracy)
@@ -125,8 +125,9 @@ def decision_boundary(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path, h
     plt.close(fig)
 
 
-def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> None:
-    """The expression graph of the first sample's hinge loss, as SVG."""
+def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> Path:
+    """The expression graph of the first sample's hinge loss, as SVG at ``path``; when
+    Graphviz's ``dot`` program is missing, its DOT source next to it instead. Returns the file."""
     from gradrs.viz import draw_dot
 
     x = leaves(X[0])
@@ -135,7 +136,14 @@ def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> Non
     loss = (1 + -float(y[0]) * model(x)).relu()
     loss.label = "loss"
     loss.backward()
-    path.write_bytes(draw_dot(loss).pipe(format="svg"))
+    graph = draw_dot(loss)
+    try:
+        path.write_bytes(graph.pipe(format="svg"))
+        return path
+    except RuntimeError:  # Graphviz's dot program is missing: keep the source
+        source = path.with_suffix(".dot")
+        source.write_text(graph.source)
+        return source
 
 
 def run_demo(
@@ -168,18 +176,32 @@ def run_demo(
         print(f"compiled and eager losses agree step by step (1e-12): {agree}", file=stream)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        png = out / "decision_boundary.png"
-        decision_boundary(model, X, y, png)
-        result.files.append(png)
-        svg = out / "sample_loss_graph.svg"
         try:
-            sample_graph(model, X, y, svg)
-            result.files.append(svg)
-        except RuntimeError as error:  # Graphviz's dot program is missing
-            print(f"skipped the graph picture: {error}", file=stream)
+            png = out / "decision_boundary.png"
+            decision_boundary(model, X, y, png)
+            result.files.append(png)
+        except ImportError:
+            print(_MISSING.format(what="the decision-boundary picture", package="matplotlib"), file=stream)
+        try:
+            written = sample_graph(model, X, y, out / "sample_loss_graph.svg")
+            result.files.append(written)
+            if written.suffix == ".dot":
+                print(
+                    "Graphviz's 'dot' program was not found, so the graph is written as DOT source "
+                    "(install Graphviz, e.g. apt-get install graphviz, to get the SVG)",
+                    file=stream,
+                )
+        except ImportError:
+            print(_MISSING.format(what="the graph picture", package="graphviz"), file=stream)
         for path in result.files:
             print(f"wrote {path}", file=stream)
     return result
+
+
+_MISSING = (
+    "skipped {what}: the Python package {package} is not installed "
+    "(pip install 'gradrs[viz]', or pass --no-plot)"
+)
 
 
 class _ProgressBar:

@@ -42,8 +42,12 @@ class Module:
         return []
 
     def named_parameters(self) -> list[tuple[str, Value]]:
-        """``(name, Value)`` pairs such as ``('layers.0.neurons.3.w.1', v)``, in ``parameters()`` order."""
-        return []
+        """``(name, Value)`` pairs such as ``('layers.0.neurons.3.w.1', v)``, in ``parameters()`` order.
+
+        A subclass that defines only ``parameters()`` (micrograd's way) gets its parameters
+        named by position, ``'0'``, ``'1'``, ..., so ``state_dict()`` and ``save()`` work for it.
+        """
+        return [(str(i), p) for i, p in enumerate(self.parameters())]
 
     def zero_grad(self) -> None:
         """Sets every parameter's gradient to 0 (call before each ``backward()``)."""
@@ -87,12 +91,16 @@ class Module:
                 f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                 f"{'...' if len(unexpected) > 5 else ''}"
             )
+        values = {}
         for name, value in state.items():
             if name in named:
                 try:
-                    named[name].data = float(value)
+                    values[name] = float(value)
                 except (TypeError, ValueError) as error:
                     raise ValueError(f"state_dict entry {name!r} is not a number: {value!r}") from error
+        # Only once every entry converted: a bad entry leaves the model as it was.
+        for name, number in values.items():
+            named[name].data = number
 
     def save(self, path: str | Path) -> None:
         """Writes the parameters to a ``.npz`` file (one array entry per parameter name)."""
@@ -101,9 +109,12 @@ class Module:
         np.savez(path, **{name: np.float64(p.data) for name, p in self.named_parameters()})
 
     def load(self, path: str | Path, strict: bool = True) -> None:
-        """Reads parameters written by ``save()``."""
+        """Reads parameters written by ``save()`` (given the same path: numpy adds ``.npz``)."""
         import numpy as np
 
+        path = Path(path)
+        if not path.exists() and path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
         with np.load(path) as archive:
             self.load_state_dict({name: float(archive[name]) for name in archive.files}, strict=strict)
 
@@ -217,8 +228,26 @@ class Neuron(Module):
         self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
         self.b = Value(0)
         self.activation = _activation(nonlin, activation)
-        self.nonlin = self.activation != "linear"
-        self._act = _ACTIVATIONS[self.activation][1]
+
+    @property
+    def activation(self) -> str:
+        """``'relu'``, ``'tanh'``, ``'sigmoid'`` or ``'linear'``; may be changed after construction."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, name: str) -> None:
+        self._activation = _activation(True, name)
+        self._cache.dense = None
+
+    @property
+    def nonlin(self) -> bool:
+        """micrograd's flag: False means linear. Setting it, as micrograd code may, takes effect."""
+        return self._activation != "linear"
+
+    @nonlin.setter
+    def nonlin(self, nonlin: bool) -> None:
+        if bool(nonlin) != self.nonlin:
+            self.activation = "relu" if nonlin else "linear"
 
     @property
     def w(self) -> list[Value]:
@@ -253,7 +282,8 @@ class Neuron(Module):
         if len(x) != len(self.w):
             raise ValueError(f"{self!r} expects {len(self.w)} inputs, got {len(x)}")
         act = dot(self.w, x, self.b)
-        return self._act(act) if self._act is not None else act
+        nonlinearity = _ACTIVATIONS[self._activation][1]
+        return nonlinearity(act) if nonlinearity is not None else act
 
     def parameters(self) -> list[Value]:
         return self.w + [self.b]

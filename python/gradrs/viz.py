@@ -40,8 +40,8 @@ def draw_dot(root: Value, format: str = "svg", rankdir: str = "LR") -> Any:
     lecture. ``.source`` gives the DOT text; ``.render()`` / ``.pipe()`` need Graphviz's ``dot``
     program, and say so plainly when it is missing.
     """
-    if rankdir not in ("LR", "TB"):
-        raise ValueError(f"rankdir must be 'LR' or 'TB', not {rankdir!r}")
+    if rankdir not in ("LR", "RL", "TB", "BT"):
+        raise ValueError(f"rankdir must be 'LR', 'RL', 'TB' or 'BT', not {rankdir!r}")
     try:
         import graphviz
     except ImportError as error:  # pragma: no cover - exercised only without the extra
@@ -52,7 +52,7 @@ def draw_dot(root: Value, format: str = "svg", rankdir: str = "LR") -> Any:
     ids = {v: f"n{i}" for i, v in enumerate(nodes)}
     for v in nodes:
         name = ids[v]
-        label = v.label.replace("|", "\\|").replace("{", "\\{").replace("}", "\\}")
+        label = _record_text(v.label)
         dot.node(name=name, label=f"{{ {label} | data {v.data:.4f} | grad {v.grad:.4f} }}", shape="record")
         if v._op:
             dot.node(name=name + "op", label=v._op_detail)
@@ -60,6 +60,14 @@ def draw_dot(root: Value, format: str = "svg", rankdir: str = "LR") -> Any:
     for child, parent in edges:
         dot.edge(ids[child], ids[parent] + "op")
     return dot
+
+
+def _record_text(text: str) -> str:
+    """``text`` escaped for a field of a record label, where ``| { } < >`` and spaces at the
+    ends have meanings of their own."""
+    for special in "\\|{}<>":
+        text = text.replace(special, "\\" + special)
+    return text
 
 
 def _Digraph(graphviz: Any, **kwargs: Any) -> Any:
