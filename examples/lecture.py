@@ -46,14 +46,37 @@ L = d * f_
 L.label = "L"
 print(L, "computed from", sorted(v.label for v in d._prev), "with op", repr(d._op))
 
-section("4. backward by hand (the chain rule), then automatic")
-# dL/dd = f = -2, dL/df = d = 4, dL/dc = dL/de = dL/dd * 1 = -2, dL/da = dL/de * b = 6, dL/db = dL/de * a = -4
-by_hand = {"L": 1.0, "f": 4.0, "d": -2.0, "c": -2.0, "e": -2.0, "a": 6.0, "b": -4.0}
+section("4. backward by hand (the chain rule), step by step with _backward, then automatic")
+# The lecture fills in each grad by hand, from L down: dL/dL = 1, dL/dd = f, dL/df = d, and
+# through the + node the same gradient flows on to c and e; through * it is scaled by the other input.
+L.grad = 1.0
+f_.grad = d.data * L.grad
+d.grad = f_.data * L.grad
+c.grad = 1.0 * d.grad
+e.grad = 1.0 * d.grad
+a.grad = b.data * e.grad
+b.grad = a.data * e.grad
+by_hand = {v.label: v.grad for v in (L, f_, d, c, e, a, b)}
+# The same with each node's own chain-rule step, as the lecture's o._backward() calls do.
+for v in (L, f_, d, c, e, a, b):
+    v.grad = 0.0
+L.grad = 1.0
+for v in (L, d, e):  # each node after every node that uses it
+    v._backward()
+stepwise = {v.label: v.grad for v in (L, f_, d, c, e, a, b)}
+for v in (f_, c, a, b):  # leaves accumulate across backward calls: start them from zero
+    v.grad = 0.0
 L.backward()
 automatic = {v.label: v.grad for v in (L, f_, d, c, e, a, b)}
 print("by hand  :", by_hand)
+print("_backward:", stepwise)
 print("automatic:", automatic)
-assert automatic == by_hand
+assert (
+    by_hand
+    == stepwise
+    == automatic
+    == {"L": 1.0, "f": 4.0, "d": -2.0, "c": -2.0, "e": -2.0, "a": 6.0, "b": -4.0}
+)
 
 section("5. a neuron: o = tanh(x1*w1 + x2*w2 + b)")
 x1 = Value(2.0, label="x1")
@@ -61,8 +84,21 @@ x2 = Value(0.0, label="x2")
 w1 = Value(-3.0, label="w1")
 w2 = Value(1.0, label="w2")
 b = Value(6.8813735870195432, label="b")
-n = x1 * w1 + x2 * w2 + b
+x1w1 = x1 * w1
+x2w2 = x2 * w2
+x1w1x2w2 = x1w1 + x2w2
+n = x1w1x2w2 + b
 o = n.tanh()
+o.grad = 1.0
+o._backward()  # the lecture's calls, one node at a time
+n._backward()
+b._backward()
+x1w1x2w2._backward()
+x2w2._backward()
+x1w1._backward()
+print(f"by _backward steps: w1.grad = {w1.grad:.4f}, x1.grad = {x1.grad:.4f}")
+for v in (x1, x2, w1, w2, b):
+    v.grad = 0.0
 o.backward()
 print(f"o = {o.data:.4f}")
 print(f"x1.grad = {x1.grad:.4f}, w1.grad = {w1.grad:.4f}, x2.grad = {x2.grad:.4f}, w2.grad = {w2.grad:.4f}")

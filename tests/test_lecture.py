@@ -22,6 +22,7 @@ def test_lecture_example():
     assert "slope (f(x+h) - f(x))/h = 14.0000" in out
     assert "dd/da = -3.0000" in out and "dd/db = 2.0000" in out and "dd/dc = 1.0000" in out
     assert "o = 0.7071" in out
+    assert "by _backward steps: w1.grad = 1.0000" in out
     assert "w1.grad = 1.0000" in out and "x1.grad = -1.5000" in out
     assert "a.grad = 2.0" in out
     assert "f = (a*b) * (a+b): a.grad = -3.0, b.grad = -8.0" in out

@@ -398,6 +398,12 @@ impl PyValue {
         self.unary(py, Op::Sigmoid)
     }
 
+    /// One step of the chain rule, as micrograd's `_backward`: adds this Value's `grad` times
+    /// each local derivative to its children's `grad` (the lecture's backward by hand).
+    fn _backward(&self) -> PyResult<()> {
+        ARENA.lock().propagate(self.id).map_err(engine_error)
+    }
+
     /// Fills `.grad` of every Value this one depends on with d(self)/d(that).
     ///
     /// Leaves accumulate across calls until reset (`p.grad = 0` or

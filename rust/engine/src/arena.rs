@@ -646,6 +646,27 @@ impl Arena {
         outcome
     }
 
+    /// One step of the chain rule from `id`, as micrograd's `Value._backward`: adds the node's
+    /// gradient times each local derivative to its children's gradients, and nothing else (no
+    /// reset, no walk), so that the lecture's back-propagation by hand can be followed step by step.
+    pub fn propagate(&mut self, id: NodeId) -> Result<()> {
+        let Node {
+            data: out,
+            grad: g,
+            op,
+        } = *self.check(id)?;
+        let children = self.links[id.slot as usize].as_vec();
+        let x: Vec<f64> = children.iter().map(|&c| self.nodes[c as usize].data).collect();
+        for (i, &child) in children.iter().enumerate() {
+            let local = match op {
+                Op::Recorded => self.partials.get(&id.slot).map_or(f64::NAN, |p| p[i]),
+                _ => op.local_grad(&x, out, i),
+            };
+            self.nodes[child as usize].grad += local * g;
+        }
+        Ok(())
+    }
+
     /// Adds `amount` to a node's gradient in backward pass `pass`. An interior node's first
     /// amount in a pass replaces what an earlier pass left there; a leaf accumulates across
     /// passes. (Resetting interior nodes here rather than while ordering them keeps the
@@ -831,6 +852,30 @@ mod tests {
         arena.release(w);
         arena.release(x);
         assert_eq!(arena.live_nodes(), 0);
+    }
+
+    #[test]
+    fn propagating_by_hand_equals_backward() {
+        // o = tanh(x*w + b), back-propagated one node at a time in reverse order
+        let mut arena = Arena::new();
+        let (x, w, b) = (
+            arena.leaf(2.0).unwrap(),
+            arena.leaf(-3.0).unwrap(),
+            arena.leaf(6.9).unwrap(),
+        );
+        let xw = arena.apply2(Op::Mul, x, w).unwrap();
+        let n = arena.apply2(Op::Add, xw, b).unwrap();
+        let o = arena.apply1(Op::Tanh, n).unwrap();
+        arena.set_grad(o, 1.0).unwrap();
+        for node in [o, n, xw, x] {
+            arena.propagate(node).unwrap(); // a leaf has nothing to propagate
+        }
+        let by_hand = [x, w, b].map(|v| arena.grad(v).unwrap());
+        for v in [x, w, b] {
+            arena.set_grad(v, 0.0).unwrap();
+        }
+        arena.backward(o).unwrap();
+        assert_eq!(by_hand, [x, w, b].map(|v| arena.grad(v).unwrap()));
     }
 
     #[test]

@@ -191,14 +191,11 @@ impl Op {
     pub fn symbol(&self) -> String {
         match self {
             Op::Leaf => String::new(),
-            Op::Add | Op::AddScalar(_) | Op::Sub | Op::ScalarSub(_) | Op::Sum => "+".into(),
-            Op::Mul
-            | Op::MulScalar(_)
-            | Op::Div
-            | Op::DivScalar(_)
-            | Op::ScalarDiv(_)
-            | Op::Neg
-            | Op::Dot => "*".into(),
+            // A neuron's `sum((wi*xi ...), b)` ends with an addition in micrograd.
+            Op::Add | Op::AddScalar(_) | Op::Sub | Op::ScalarSub(_) | Op::Sum | Op::Dot => "+".into(),
+            Op::Mul | Op::MulScalar(_) | Op::Div | Op::DivScalar(_) | Op::ScalarDiv(_) | Op::Neg => {
+                "*".into()
+            }
             Op::Recorded => "compiled".into(),
             Op::Pow | Op::ScalarPow(_) => "**".into(),
             Op::PowScalar(e) => format!("**{}", format_number(*e)),
@@ -298,13 +295,29 @@ fn split_dot(x: &[f64]) -> (&[f64], &[f64], f64) {
     (&x[..n], &x[n..2 * n], bias)
 }
 
-/// Formats a number as Python's `str` would for the common cases: integral
-/// values without a fractional part (`**2`, as micrograd prints an int exponent).
+/// Formats a number as Python prints it: integral values as an int (`**2`, as micrograd
+/// prints the usual int exponent), others as `repr(float)` does (`0.5`, `1e-05`, `1e+20`).
 pub fn format_number(v: f64) -> String {
-    if v.is_finite() && v == v.trunc() && v.abs() < 1e16 {
-        format!("{}", v as i64)
-    } else {
+    if !v.is_finite() {
+        return match v {
+            f64::INFINITY => "inf".into(),
+            f64::NEG_INFINITY => "-inf".into(),
+            _ => "nan".into(),
+        };
+    }
+    if v == v.trunc() && v.abs() < 1e16 {
+        return format!("{}", v as i64);
+    }
+    // Rust's `{:e}` gives the same shortest digits as Python's repr; Python switches to
+    // scientific notation below 1e-4 and from 1e16, with a signed exponent of two digits or more.
+    let scientific = format!("{v:e}");
+    let (digits, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if (-4..16).contains(&exponent) {
         format!("{v}")
+    } else {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{digits}e{sign}{:02}", exponent.abs())
     }
 }
 
@@ -398,5 +411,28 @@ mod tests {
         assert_eq!(Op::PowScalar(0.5).symbol(), "**0.5");
         assert_eq!(Op::Relu.symbol(), "ReLU");
         assert_eq!(Op::Leaf.symbol(), "");
+        assert_eq!(Op::Dot.symbol(), "+");
+    }
+
+    #[test]
+    fn numbers_print_as_python_prints_them() {
+        let cases = [
+            (2.0, "2"),
+            (-1.0, "-1"),
+            (0.5, "0.5"),
+            (0.1, "0.1"),
+            (1e-4, "0.0001"),
+            (1e-5, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (1e16, "1e+16"),
+            (1e20, "1e+20"),
+            (-2.5e300, "-2.5e+300"),
+            (123456.789, "123456.789"),
+            (f64::INFINITY, "inf"),
+            (f64::NAN, "nan"),
+        ];
+        for (v, text) in cases {
+            assert_eq!(format_number(v), text, "{v}");
+        }
     }
 }
