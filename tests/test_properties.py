@@ -13,17 +13,44 @@ import cmath
 import math
 from dataclasses import dataclass
 
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from micrograd.engine import Value as MgValue
 
 import gradrs
 from gradrs import Value
 
-UNARY = ["neg", "relu", "tanh", "exp", "log", "sigmoid", "pow_const", "rpow_const", "scale", "shift"]
+UNARY = [
+    "neg",
+    "relu",
+    "tanh",
+    "exp",
+    "log",
+    "sigmoid",
+    "pow_const",
+    "rpow_const",
+    "scale",
+    "shift",
+    "div_const",
+    "sub_const",
+]
 BINARY = ["add", "sub", "mul", "div", "pow"]
 NARY = ["sum", "dot"]
-MICROGRAD_OPS = {"neg", "relu", "pow_const", "scale", "shift", "add", "sub", "mul", "div", "sum", "dot"}
+MICROGRAD_OPS = {
+    "neg",
+    "relu",
+    "pow_const",
+    "scale",
+    "shift",
+    "div_const",
+    "sub_const",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "sum",
+    "dot",
+}
 
 
 @dataclass(frozen=True)
@@ -31,7 +58,7 @@ class Step:
     op: str
     args: tuple[int, ...]
     const: float
-    swap: bool  # for scale/shift: number on the left
+    swap: bool  # for scale/shift/div_const/sub_const: number on the left
 
 
 @dataclass(frozen=True)
@@ -41,17 +68,17 @@ class Program:
 
 
 @st.composite
-def programs(draw, ops=tuple(UNARY + BINARY + NARY), max_steps=18):
+def programs(draw, ops=tuple(UNARY + BINARY + NARY), max_steps=18, max_width=6, min_steps=1):
     n_leaves = draw(st.integers(1, 4))
     leaves = tuple(
         draw(st.floats(-2.0, 2.0, allow_nan=False).filter(lambda x: abs(x) > 0.05)) for _ in range(n_leaves)
     )
     steps = []
-    for k in range(draw(st.integers(1, max_steps))):
+    for k in range(draw(st.integers(min_steps, max_steps))):
         available = n_leaves + k
         op = draw(st.sampled_from(ops))
         if op in NARY:
-            width = draw(st.integers(1, 6))
+            width = draw(st.integers(1, max_width))
             arity = 2 * width if op == "dot" else width
         else:
             arity = 2 if op in BINARY else 1
@@ -89,6 +116,10 @@ def apply(step: Step, vals: list, lib) -> object:
         return c * a if step.swap else a * c
     if op == "shift":
         return c - a if step.swap else a + c
+    if op == "div_const":
+        return c / a if step.swap else a / c
+    if op == "sub_const":
+        return c + a if step.swap else a - c
     if op in BINARY:
         b = vals[step.args[1]]
         return {
@@ -212,6 +243,23 @@ def assert_close(actual, expected, rel, scale):
 
 @given(programs())
 def test_values_and_gradients_match_complex_step(program):
+    assume(smooth(program))
+    value, grads = run_gradrs(program)
+    ref_value, ref_grads = complex_step(program)
+    assert_close(value, ref_value, 1e-9, scale_of([ref_value]))
+    scale = scale_of(ref_grads)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert_close(g, r, 1e-8, scale)
+
+
+# Deep chains and wide sums, over the ops that stay bounded along a long chain (the others
+# overflow or leave their domain within a few dozen steps, and such programs are rejected).
+BOUNDED = ("tanh", "sigmoid", "relu", "neg", "shift", "sub_const", "add", "sub", "mul", "sum", "dot")
+
+
+@settings(max_examples=100)
+@given(programs(ops=BOUNDED, min_steps=30, max_steps=80, max_width=40))
+def test_deep_and_wide_graphs_match_complex_step(program):
     assume(smooth(program))
     value, grads = run_gradrs(program)
     ref_value, ref_grads = complex_step(program)
