@@ -339,6 +339,18 @@ def test_static_arguments_are_kept_alive_so_their_ids_are_never_reused():
     assert calls == ["relu", "tanh"]
 
 
+def test_dicts_are_structure_not_static_objects():
+    w = Value(3.0)
+    fn = gradrs.compile(lambda batch: w * batch["x"] + batch["y"])
+    for k in range(50):  # fresh dicts of the same keys: one program, not fifty
+        assert fn({"x": float(k), "y": 1.0}).data == 3.0 * k + 1.0
+    assert len(fn._traces) == 1
+    out = fn({"y": 2.0, "x": 1.0})  # other key order: another structure, traced again
+    assert out.data == 5.0 and len(fn._traces) == 2
+    out.backward()
+    assert w.grad == 1.0
+
+
 def test_values_passed_in_receive_gradients_and_bad_returns_are_refused():
     compiled = gradrs.compile(lambda a, b: a * b + a)
     a, b = Value(3.0), Value(4.0)

@@ -7,7 +7,8 @@ program's slots and replay it without Python per node. What comes back are Value
 
 Semantics, as in ``jax.jit``:
 
-- Arguments that are numbers, numpy arrays, Values, or lists/tuples of them become input slots;
+- Arguments that are numbers, numpy arrays, Values, or lists/tuples/dicts of them become input
+  slots (a dict's keys are part of its structure);
   anything else is static and part of the cache key: ``None``, booleans, strings and bytes by
   value, any other object by identity (the cache keeps it alive, so its id cannot be reused by
   another object). A call whose arguments have another structure (types, lengths, shapes) or
@@ -69,6 +70,10 @@ def _flatten(obj: Any, slots: list[Any], key: list[Any], statics: list[Any]) -> 
         slots.append(obj)
     elif isinstance(obj, _VALUE_KEYED):
         key.append(("const", type(obj), obj))
+    elif isinstance(obj, dict):
+        key.append(("dict", tuple(obj)))
+        for item in obj.values():
+            _flatten(item, slots, key, statics)
     elif not isinstance(obj, (*_NUMBER_TYPES, np.ndarray, list, tuple)):
         key.append(("static", id(obj)))
         statics.append(obj)
@@ -100,6 +105,8 @@ def _rebuild(obj: Any, leaves: list[Value], at: list[int]) -> Any:
         return nested
     if isinstance(obj, (list, tuple)):
         return type(obj)(_rebuild(item, leaves, at) for item in obj)
+    if isinstance(obj, dict):
+        return {name: _rebuild(item, leaves, at) for name, item in obj.items()}
     return obj
 
 
