@@ -34,3 +34,26 @@ def test_lecture_example():
 
 def test_readme_quickstart():
     assert run("quickstart.py").split() == ["24.7041", "138.8338", "645.5773"]
+
+
+def test_readme_examples_print_what_their_comments_say():
+    """Every README block that prints numbers shows them in `# comment`s: run it and compare."""
+    import contextlib
+    import io
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    checked = 0
+    for block in blocks:
+        expected = [
+            m.group(1).split() for m in re.finditer(r"^print\(.*\)\s+# (.+)$", block, re.MULTILINE)
+        ]
+        if not expected:
+            continue
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(block, {})
+        assert out.getvalue().split() == [word for line in expected for word in line], block
+        checked += 1
+    assert checked >= 2
