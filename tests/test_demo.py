@@ -89,6 +89,29 @@ def test_the_gradrs_command_shows_progress(tmp_path):
     assert other_seed.stdout.splitlines()[-3] != result.stdout.splitlines()[-3]  # final loss differs
 
 
+def test_micrograd_trains_the_same_run_to_the_same_numbers():
+    pytest.importorskip("micrograd")
+    from gradrs.demo import train_micrograd
+
+    _, ours, _ = train(steps=3, seed=1337)
+    reference = train_micrograd(steps=3, seed=1337)
+    assert reference.accuracies == ours.accuracies
+    for a, b in zip(ours.losses, reference.losses, strict=True):
+        assert a == pytest.approx(b, rel=1e-9)
+
+
+def test_demo_micrograd_option_prints_the_comparison():
+    pytest.importorskip("micrograd")
+    result = subprocess.run(
+        [sys.executable, "-m", "gradrs", "demo", "--steps", "2", "--no-plot", "--micrograd"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "micrograd wall time:" in result.stdout and "x faster on this run" in result.stdout
+
+
 def test_no_plot_and_bad_arguments():
     ok = subprocess.run(
         [sys.executable, "-m", "gradrs", "demo", "--steps", "2", "--no-plot"], capture_output=True, text=True

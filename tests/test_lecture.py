@@ -46,9 +46,7 @@ def test_readme_examples_print_what_their_comments_say():
     blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
     checked = 0
     for block in blocks:
-        expected = [
-            m.group(1).split() for m in re.finditer(r"^print\(.*\)\s+# (.+)$", block, re.MULTILINE)
-        ]
+        expected = [m.group(1).split() for m in re.finditer(r"^print\(.*\)\s+# (.+)$", block, re.MULTILINE)]
         if not expected:
             continue
         out = io.StringIO()

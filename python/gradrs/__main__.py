@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--compile", action="store_true", help="train through gradrs.compile and compare with eager mode"
     )
+    demo.add_argument(
+        "--micrograd", action="store_true", help="also train with Karpathy's micrograd and compare (slow)"
+    )
     bench = commands.add_parser("bench", help="run the benchmark against micrograd (and PyTorch)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for gradrs.bench")
     args = parser.parse_args(argv)
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         from gradrs.demo import run_demo
 
         out = None if args.no_plot else args.out
-        run_demo(steps=args.steps, seed=args.seed, out=out, compiled=args.compile)
+        run_demo(steps=args.steps, seed=args.seed, out=out, compiled=args.compile, micrograd=args.micrograd)
         return 0
     from gradrs import bench as bench_module
 

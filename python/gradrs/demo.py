@@ -22,7 +22,7 @@ from gradrs.bulk import leaves
 from gradrs.datasets import make_moons
 from gradrs.grad_mode import no_grad
 
-__all__ = ["DemoResult", "run_demo", "train"]
+__all__ = ["DemoResult", "run_demo", "train", "train_micrograd"]
 
 
 @dataclass
@@ -101,6 +101,40 @@ def train(
     return model, result, (X, y)
 
 
+def train_micrograd(steps: int = 100, seed: int = 1337, progress: TextIO | None = None) -> DemoResult:
+    """The same training run in Karpathy's micrograd (``pip install micrograd``), written as its
+    demo notebook writes it, for comparison. ImportError when micrograd is not installed."""
+    from micrograd.engine import Value as MgValue
+    from micrograd.nn import MLP as MgMLP
+
+    np.random.seed(seed)
+    random.seed(seed)
+    X, y = make_moons(n_samples=100, noise=0.1)
+    y = y * 2 - 1
+    model = MgMLP(2, [16, 16, 1])
+    result = DemoResult()
+    bar = _ProgressBar(steps, progress)
+    start = time.perf_counter()
+    for k in range(steps):
+        inputs = [list(map(MgValue, xrow)) for xrow in X]
+        scores = list(map(model, inputs))
+        losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores, strict=True)]
+        data_loss = sum(losses) * (1.0 / len(losses))
+        total_loss = data_loss + 1e-4 * sum(p * p for p in model.parameters())
+        accuracy = sum((yi > 0) == (s.data > 0) for yi, s in zip(y, scores, strict=True)) / len(y)
+        model.zero_grad()
+        total_loss.backward()
+        learning_rate = 1.0 - 0.9 * k / steps
+        for p in model.parameters():
+            p.data -= learning_rate * p.grad
+        result.losses.append(float(total_loss.data))
+        result.accuracies.append(float(accuracy))
+        bar.update(k + 1, float(total_loss.data), float(accuracy))
+    result.seconds = time.perf_counter() - start
+    bar.close()
+    return result
+
+
 def decision_boundary(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path, h: float = 0.25) -> None:
     """The notebook's last cell: the model's sign over a mesh, with the data on top."""
     import matplotlib
@@ -152,10 +186,12 @@ def run_demo(
     out: Path | None = Path("out"),
     stream: TextIO = sys.stdout,
     compiled: bool = False,
+    micrograd: bool = False,
 ) -> DemoResult:
     """Trains, prints the summary, and writes the pictures into ``out`` (none when ``out`` is None).
 
     With ``compiled``, trains through ``gradrs.compile`` and also times the eager run, printing both.
+    With ``micrograd``, also runs the same training in Karpathy's micrograd and prints its time.
     """
     model, result, (X, y) = train(steps, seed, progress=stream, compiled=compiled)
     print(f"final loss: {result.losses[-1]:.6f}", file=stream)
@@ -174,6 +210,8 @@ def run_demo(
             abs(a - b) <= 1e-12 * max(1.0, abs(a)) for a, b in zip(result.losses, eager.losses, strict=True)
         )
         print(f"compiled and eager losses agree step by step (1e-12): {agree}", file=stream)
+    if micrograd:
+        _compare_with_micrograd(result, steps, seed, stream)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         try:
@@ -196,6 +234,24 @@ def run_demo(
         for path in result.files:
             print(f"wrote {path}", file=stream)
     return result
+
+
+def _compare_with_micrograd(result: DemoResult, steps: int, seed: int, stream: TextIO) -> None:
+    print("the same run in micrograd (this takes a while):", file=stream)
+    try:
+        reference = train_micrograd(steps, seed, progress=stream)
+    except ImportError:
+        print("skipped: micrograd is not installed (pip install micrograd)", file=stream)
+        return
+    per_step = 1000 * reference.seconds / max(steps, 1)
+    print(
+        f"micrograd wall time: {reference.seconds:.3f} s for {steps} steps ({per_step:.2f} ms/step), "
+        f"accuracy {100 * reference.accuracy:.1f}%",
+        file=stream,
+    )
+    print(f"gradrs is {reference.seconds / result.seconds:,.0f}x faster on this run", file=stream)
+    worst = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(result.losses, reference.losses, strict=True))
+    print(f"largest relative difference between the two runs' losses: {worst:.1e}", file=stream)
 
 
 _MISSING = (
