@@ -77,52 +77,31 @@ impl std::error::Error for EngineError {}
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
-/// A node's children, sized for the common cases so binary ops never allocate;
-/// the rare n-ary list sits behind one thin pointer to keep nodes small.
-#[derive(Clone, Debug, Default)]
+/// A node's children, sized for the common cases so binary ops never allocate; an n-ary
+/// node's list lives in the arena's `lists`, and this holds its index there.
+#[derive(Clone, Copy, Debug, Default)]
 enum Children {
     #[default]
     None,
     One(u32),
     Two(u32, u32),
-    #[allow(clippy::box_collection)] // a thin pointer: `Box<[u32]>` would make every node 8 bytes larger
-    Many(Box<Vec<u32>>),
+    Many(u32),
 }
 
-impl Children {
-    fn of(ids: &[NodeId]) -> Self {
-        match *ids {
-            [] => Children::None,
-            [a] => Children::One(a.slot),
-            [a, b] => Children::Two(a.slot, b.slot),
-            _ => Children::Many(Box::new(ids.iter().map(|c| c.slot).collect())),
-        }
-    }
-
-    fn get(&self, i: usize) -> Option<u32> {
-        match (self, i) {
-            (Children::One(a), 0) | (Children::Two(a, _), 0) => Some(*a),
-            (Children::Two(_, b), 1) => Some(*b),
-            (Children::Many(all), i) => all.get(i).copied(),
-            _ => None,
-        }
-    }
-
-    fn as_vec(&self) -> Vec<u32> {
-        match self {
-            Children::None => vec![],
-            Children::One(a) => vec![*a],
-            Children::Two(a, b) => vec![*a, *b],
-            Children::Many(all) => all.to_vec(),
-        }
-    }
+/// What a walk over the graph reads of a node: its children and the walk's mark, in 16 bytes,
+/// so that testing whether a child was seen and then going down into it touch one cache line.
+#[derive(Clone, Copy, Debug, Default)]
+struct Link {
+    children: Children,
+    /// Equal to the arena's `epoch` once the current walk (or backward pass) has reached it.
+    mark: u32,
 }
 
 // A node is kept in three arrays indexed by slot, split by who reads what: a backward walk reads
-// the children of every node it reaches (`links`, 16 bytes each, four to a cache line) before it
-// reads their values (`nodes`, 32 bytes, two to a line), and only creating, checking and freeing
-// a node read its reference count and generation (`slots`). One 64-byte record per node made a
-// walk over a graph that had just left the caches load a whole line per node, twice.
+// the children and mark of every node it reaches (`links`, 16 bytes each, four to a cache line)
+// before it reads their values (`nodes`, 32 bytes, two to a line), and only creating, checking
+// and freeing a node read its reference count and generation (`slots`). One 64-byte record per
+// node made a walk over a graph that had just left the caches load a whole line per node, twice.
 
 /// A node's value, gradient and op.
 #[derive(Clone, Copy, Debug)]
@@ -134,7 +113,7 @@ struct Node {
 }
 
 const _: () = assert!(std::mem::size_of::<Node>() == 32);
-const _: () = assert!(std::mem::size_of::<Children>() == 16);
+const _: () = assert!(std::mem::size_of::<Link>() == 16);
 
 impl Node {
     const VACANT: Node = Node {
@@ -164,12 +143,12 @@ pub struct NodeView<'a> {
 #[derive(Debug, Default)]
 pub struct Arena {
     nodes: Vec<Node>,
-    links: Vec<Children>,
+    links: Vec<Link>,
     slots: Vec<Slot>,
-    /// Traversal stamps, one per slot, equal to `epoch` once visited in the current walk. Kept
-    /// apart from the nodes so that a walk's "seen it?" test reads 4 bytes, not a node's line.
-    marks: Vec<u32>,
     free: Vec<u32>,
+    /// The children of n-ary nodes (`Children::Many`), and the indices free for reuse.
+    lists: Vec<Vec<u32>>,
+    free_lists: Vec<u32>,
     live: usize,
     epoch: u32,
     labels: BTreeMap<u32, String>,
@@ -192,8 +171,9 @@ impl Arena {
             nodes: Vec::new(),
             links: Vec::new(),
             slots: Vec::new(),
-            marks: Vec::new(),
             free: Vec::new(),
+            lists: Vec::new(),
+            free_lists: Vec::new(),
             live: 0,
             epoch: 0,
             labels: BTreeMap::new(),
@@ -229,7 +209,8 @@ impl Arena {
         for c in children {
             self.slots[c.slot as usize].refs += 1;
         }
-        self.alloc(data, op, Children::of(children))
+        let children = self.children_of(children);
+        self.alloc(data, op, children)
     }
 
     /// `op(a)` without allocating for the child list.
@@ -271,11 +252,8 @@ impl Arena {
         for c in children {
             self.slots[c.slot as usize].refs += 1;
         }
-        let id = self.alloc(
-            value,
-            Op::Recorded,
-            Children::Many(Box::new(children.iter().map(|c| c.slot).collect())),
-        )?;
+        let list = self.list_of(children);
+        let id = self.alloc(value, Op::Recorded, Children::Many(list))?;
         self.partials.insert(id.slot, partials.into());
         Ok(id)
     }
@@ -302,6 +280,49 @@ impl Arena {
         Ok(value)
     }
 
+    /// The children of a new node over `ids`, its list stored when there are more than two.
+    fn children_of(&mut self, ids: &[NodeId]) -> Children {
+        match *ids {
+            [] => Children::None,
+            [a] => Children::One(a.slot),
+            [a, b] => Children::Two(a.slot, b.slot),
+            _ => Children::Many(self.list_of(ids)),
+        }
+    }
+
+    fn list_of(&mut self, ids: &[NodeId]) -> u32 {
+        let list = ids.iter().map(|c| c.slot).collect();
+        match self.free_lists.pop() {
+            Some(index) => {
+                self.lists[index as usize] = list;
+                index
+            }
+            None => {
+                self.lists.push(list);
+                (self.lists.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Child `i` of a node with `children`.
+    fn child(&self, children: Children, i: usize) -> Option<u32> {
+        match (children, i) {
+            (Children::One(a), 0) | (Children::Two(a, _), 0) => Some(a),
+            (Children::Two(_, b), 1) => Some(b),
+            (Children::Many(list), i) => self.lists[list as usize].get(i).copied(),
+            _ => None,
+        }
+    }
+
+    fn child_slots(&self, children: Children) -> Vec<u32> {
+        match children {
+            Children::None => vec![],
+            Children::One(a) => vec![a],
+            Children::Two(a, b) => vec![a, b],
+            Children::Many(list) => self.lists[list as usize].clone(),
+        }
+    }
+
     fn alloc(&mut self, data: f64, op: Op, children: Children) -> Result<NodeId> {
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -311,15 +332,14 @@ impl Arena {
                     return Err(EngineError::TooManyNodes);
                 }
                 self.nodes.push(Node::VACANT);
-                self.links.push(Children::None);
+                self.links.push(Link::default());
                 self.slots.push(Slot::default());
-                self.marks.push(0);
                 slot
             }
         };
         let at = slot as usize;
         self.nodes[at] = Node { data, grad: 0.0, op };
-        self.links[at] = children;
+        self.links[at].children = children;
         let bookkeeping = &mut self.slots[at];
         bookkeeping.refs = 1;
         self.live += 1;
@@ -387,11 +407,14 @@ impl Arena {
                 continue;
             }
             bookkeeping.gen = bookkeeping.gen.wrapping_add(1);
-            match std::mem::take(&mut self.links[at]) {
+            match std::mem::take(&mut self.links[at].children) {
                 Children::None => {}
                 Children::One(a) => work.push(a),
                 Children::Two(a, b) => work.extend([a, b]),
-                Children::Many(all) => work.extend_from_slice(&all),
+                Children::Many(list) => {
+                    work.extend_from_slice(&std::mem::take(&mut self.lists[list as usize]));
+                    self.free_lists.push(list);
+                }
             }
             if matches!(self.nodes[at].op, Op::Recorded) {
                 self.partials.remove(&slot);
@@ -415,7 +438,8 @@ impl Arena {
         self.nodes = Vec::new();
         self.links = Vec::new();
         self.slots = Vec::new();
-        self.marks = Vec::new();
+        self.lists = Vec::new();
+        self.free_lists = Vec::new();
         self.free = Vec::new();
         self.worklist = Vec::new();
         self.order = Vec::new();
@@ -497,8 +521,8 @@ impl Arena {
     /// retains what it keeps).
     pub fn children(&self, id: NodeId) -> Result<Vec<NodeId>> {
         self.check(id)?;
-        Ok(self.links[id.slot as usize]
-            .as_vec()
+        Ok(self
+            .child_slots(self.links[id.slot as usize].children)
             .into_iter()
             .map(|slot| NodeId {
                 slot,
@@ -538,7 +562,7 @@ impl Arena {
     fn next_epoch(&mut self) -> u32 {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
-            self.marks.fill(0);
+            self.links.iter_mut().for_each(|link| link.mark = 0);
             self.epoch = 1;
         }
         self.epoch
@@ -554,13 +578,13 @@ impl Arena {
         order.clear();
         stack.clear();
         stack.push((root, 0));
-        self.marks[root as usize] = epoch;
+        self.links[root as usize].mark = epoch;
         while let Some(top) = stack.last_mut() {
             let (slot, next) = *top;
-            match self.links[slot as usize].get(next as usize) {
+            match self.child(self.links[slot as usize].children, next as usize) {
                 Some(child) => {
                     top.1 += 1;
-                    let mark = &mut self.marks[child as usize];
+                    let mark = &mut self.links[child as usize].mark;
                     if *mark != epoch {
                         *mark = epoch;
                         stack.push((child, 0));
@@ -601,7 +625,7 @@ impl Arena {
             }
             let node = &self.nodes[slot as usize];
             let (op, g, out) = (node.op, node.grad, node.data);
-            let step = match self.links[slot as usize] {
+            let step = match self.links[slot as usize].children {
                 Children::None => Ok(()),
                 Children::One(a) => {
                     let x = [self.nodes[a as usize].data];
@@ -625,7 +649,7 @@ impl Arena {
                         Ok(())
                     }
                 }
-                Children::Many(_) => self.backward_many(slot, &mut x, stop_at_nan, pass),
+                Children::Many(list) => self.backward_many(slot, list, &mut x, stop_at_nan, pass),
             };
             if let Err(e) = step {
                 outcome = Err(e);
@@ -636,7 +660,8 @@ impl Arena {
             // Stopped early: the interior nodes not reached yet hold an earlier pass's
             // gradients, which must not pass for this one's.
             for &slot in &order {
-                if self.marks[slot as usize] != pass && !matches!(self.nodes[slot as usize].op, Op::Leaf) {
+                if self.links[slot as usize].mark != pass && !matches!(self.nodes[slot as usize].op, Op::Leaf)
+                {
                     self.nodes[slot as usize].grad = 0.0;
                 }
             }
@@ -655,7 +680,7 @@ impl Arena {
             grad: g,
             op,
         } = *self.check(id)?;
-        let children = self.links[id.slot as usize].as_vec();
+        let children = self.child_slots(self.links[id.slot as usize].children);
         let x: Vec<f64> = children.iter().map(|&c| self.nodes[c as usize].data).collect();
         for (i, &child) in children.iter().enumerate() {
             let local = match op {
@@ -675,8 +700,9 @@ impl Arena {
     fn give(&mut self, slot: u32, amount: f64, pass: u32) {
         let at = slot as usize;
         let node = &mut self.nodes[at];
-        if self.marks[at] != pass {
-            self.marks[at] = pass;
+        let link = &mut self.links[at];
+        if link.mark != pass {
+            link.mark = pass;
             if !matches!(node.op, Op::Leaf) {
                 node.grad = 0.0;
             }
@@ -685,15 +711,20 @@ impl Arena {
     }
 
     /// The backward step of an n-ary node (`Sum`, `Dot`).
-    fn backward_many(&mut self, slot: u32, x: &mut Vec<f64>, stop_at_nan: bool, pass: u32) -> Result<()> {
+    fn backward_many(
+        &mut self,
+        slot: u32,
+        list: u32,
+        x: &mut Vec<f64>,
+        stop_at_nan: bool,
+        pass: u32,
+    ) -> Result<()> {
         let Node {
             data: out,
             grad: g,
             op,
         } = self.nodes[slot as usize];
-        let Children::Many(children) = std::mem::take(&mut self.links[slot as usize]) else {
-            return Ok(());
-        };
+        let children = std::mem::take(&mut self.lists[list as usize]);
         x.clear();
         x.extend(children.iter().map(|&c| self.nodes[c as usize].data));
         let recorded = match op {
@@ -713,7 +744,7 @@ impl Arena {
             }
             self.give(child, amount, pass);
         }
-        self.links[slot as usize] = Children::Many(children);
+        self.lists[list as usize] = children;
         result
     }
 }
