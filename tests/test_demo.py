@@ -31,34 +31,31 @@ def test_the_compiled_demo_trains_to_the_same_numbers_step_by_step():
     assert compiled.accuracies[-1] == 1.0
 
 
-def test_demo_compile_prints_both_wall_times():
+def demo(*args: str) -> str:
+    """``python -m gradrs demo ARGS``'s output; the command must succeed."""
     result = subprocess.run(
-        [sys.executable, "-m", "gradrs", "demo", "--steps", "5", "--no-plot", "--compile"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-m", "gradrs", "demo", *args], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "compiled and eager losses agree step by step (1e-12): True" in result.stdout
-    assert result.stdout.count("wall time") >= 2, result.stdout
+    return result.stdout
+
+
+def test_demo_compile_prints_both_wall_times():
+    out = demo("--steps", "5", "--no-plot", "--compile")
+    assert "compiled and eager losses agree step by step (1e-12): True" in out
+    assert out.count("wall time") >= 2, out
 
 
 def test_python_m_gradrs_demo_writes_its_pictures(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "gradrs", "demo", "--steps", "5", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "accuracy: " in result.stdout and "wall time:" in result.stdout
+    out = demo("--steps", "5", "--out", str(tmp_path))
+    assert "accuracy: " in out and "wall time:" in out
     png = tmp_path / "decision_boundary.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = tmp_path / "sample_loss_graph.svg"
     if svg.exists():
         assert "<svg" in svg.read_text()
     else:
-        assert "dot' program was not found" in result.stdout
+        assert "dot' program was not found" in out
         assert "digraph" in (tmp_path / "sample_loss_graph.dot").read_text()
 
 
@@ -102,14 +99,8 @@ def test_micrograd_trains_the_same_run_to_the_same_numbers():
 
 def test_demo_micrograd_option_prints_the_comparison():
     pytest.importorskip("micrograd")
-    result = subprocess.run(
-        [sys.executable, "-m", "gradrs", "demo", "--steps", "2", "--no-plot", "--micrograd"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "micrograd wall time:" in result.stdout and "x faster on this run" in result.stdout
+    out = demo("--steps", "2", "--no-plot", "--micrograd")
+    assert "micrograd wall time:" in out and "x faster on this run" in out
 
 
 def test_no_plot_and_bad_arguments():
