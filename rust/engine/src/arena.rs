@@ -1,4 +1,4 @@
-//! The arena: every node of every live graph, in one `Vec`, addressed by index.
+//! The arena: every node of every live graph, in arrays addressed by slot.
 //!
 //! A node lives while something refers to it: each handle the user holds counts
 //! once, and each parent counts once per edge to it. When the count reaches zero
@@ -6,6 +6,14 @@
 //! recursion, so dropping a million-node chain is a loop), and the slot is reused.
 //! Every reuse bumps the slot's generation, so a stale [`NodeId`] is detected
 //! instead of silently reading someone else's node.
+//!
+//! Backward needs the nodes below the root with every node before its children. A
+//! node is always made after its children, so the order the nodes were made in is
+//! such an order: the arena lists the nodes by birth, and each node knows the
+//! earliest-born node below it, so a backward pass sweeps that stretch of the list
+//! from the root down, reading it in sequence instead of discovering the graph
+//! node by node. When the stretch is mostly other graphs that are still alive, the
+//! pass walks the graph from the root instead (a depth-first post-order).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -130,6 +138,12 @@ struct Slot {
     refs: u32,
     /// Bumped each time the slot is freed, so that old handles to it are recognised.
     gen: u32,
+    /// When the node was made: its index in the arena's `births`.
+    birth: u32,
+    /// The slot of the earliest-born node among this one and everything below it (kept alive
+    /// by this one). A node is always made after its children, so everything a backward pass
+    /// from here can reach was born between that node's birth and this one's.
+    low: u32,
 }
 
 /// A read-only view of one node, for bindings and tests.
@@ -140,11 +154,17 @@ pub struct NodeView<'a> {
     pub op: &'a Op,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Arena {
     nodes: Vec<Node>,
     links: Vec<Link>,
     slots: Vec<Slot>,
+    /// The slot of each node in the order the nodes were made; a freed node's entry is `DEAD`
+    /// until the next compaction. Sweeping it backwards visits parents before children.
+    births: Vec<u32>,
+    /// Whether the last backward pass found sweeping its birth range cheap (see `backward_checked`).
+    sweep_pays: bool,
+    traversal: Traversal,
     free: Vec<u32>,
     /// The children of n-ary nodes (`Children::Many`), and the indices free for reuse.
     lists: Vec<Vec<u32>>,
@@ -161,9 +181,27 @@ pub struct Arena {
     stack: Vec<(u32, u32)>,
 }
 
+/// How a backward pass orders the nodes below its root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Traversal {
+    /// By birth while that stays cheap, else by walking (the default).
+    #[default]
+    Auto,
+    /// Always sweep the births between the root and the earliest node below it.
+    Births,
+    /// Always walk the graph from the root.
+    Walk,
+}
+
 /// Slots kept allocated after the last node dies; beyond this the storage is
 /// returned to the allocator so one huge graph does not pin its memory forever.
 const KEEP_SLOTS_WHEN_EMPTY: usize = 1 << 20;
+
+impl Default for Arena {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Arena {
     pub const fn new() -> Self {
@@ -171,6 +209,9 @@ impl Arena {
             nodes: Vec::new(),
             links: Vec::new(),
             slots: Vec::new(),
+            births: Vec::new(),
+            sweep_pays: true,
+            traversal: Traversal::Auto,
             free: Vec::new(),
             lists: Vec::new(),
             free_lists: Vec::new(),
@@ -337,16 +378,55 @@ impl Arena {
                 slot
             }
         };
+        if self.births.len() >= 2 * self.live + 4096 {
+            self.compact_births();
+        }
+        let birth = u32::try_from(self.births.len()).map_err(|_| EngineError::TooManyNodes)?;
+        let earlier = |a: u32, b: u32| {
+            if self.slots[a as usize].birth <= self.slots[b as usize].birth {
+                a
+            } else {
+                b
+            }
+        };
+        let low = match children {
+            Children::None => slot,
+            Children::One(a) => self.slots[a as usize].low,
+            Children::Two(a, b) => earlier(self.slots[a as usize].low, self.slots[b as usize].low),
+            Children::Many(list) => {
+                let lows = self.lists[list as usize]
+                    .iter()
+                    .map(|&c| self.slots[c as usize].low);
+                lows.reduce(earlier).unwrap_or(slot)
+            }
+        };
+        self.births.push(slot);
         let at = slot as usize;
         self.nodes[at] = Node { data, grad: 0.0, op };
         self.links[at].children = children;
         let bookkeeping = &mut self.slots[at];
         bookkeeping.refs = 1;
+        bookkeeping.birth = birth;
+        bookkeeping.low = low;
         self.live += 1;
         Ok(NodeId {
             slot,
             gen: bookkeeping.gen,
         })
+    }
+
+    /// Drops the entries of freed nodes from `births`, renumbering the living in the same order.
+    fn compact_births(&mut self) {
+        let mut kept = 0;
+        for at in 0..self.births.len() {
+            let slot = self.births[at];
+            if slot != DEAD {
+                self.births[kept] = slot;
+                self.slots[slot as usize].birth = kept as u32;
+                kept += 1;
+            }
+        }
+        self.births.truncate(kept);
     }
 
     /// Whether `id` names the node living in its slot now.
@@ -407,6 +487,7 @@ impl Arena {
                 continue;
             }
             bookkeeping.gen = bookkeeping.gen.wrapping_add(1);
+            self.births[bookkeeping.birth as usize] = DEAD;
             match std::mem::take(&mut self.links[at].children) {
                 Children::None => {}
                 Children::One(a) => work.push(a),
@@ -438,6 +519,7 @@ impl Arena {
         self.nodes = Vec::new();
         self.links = Vec::new();
         self.slots = Vec::new();
+        self.births = Vec::new();
         self.lists = Vec::new();
         self.free_lists = Vec::new();
         self.free = Vec::new();
@@ -613,9 +695,80 @@ impl Arena {
     /// with [`EngineError::NanGradient`] naming the op that produced it.
     pub fn backward_checked(&mut self, root: NodeId, stop_at_nan: bool) -> Result<()> {
         self.check(root)?;
-        let order = self.topo_slots(root.slot);
+        let span = self.birth_span(root.slot).len();
+        let by_birth = match self.traversal {
+            Traversal::Auto => self.sweep_pays,
+            Traversal::Births => true,
+            Traversal::Walk => false,
+        };
+        let (outcome, processed) = if by_birth {
+            self.backward_by_birth(root.slot, stop_at_nan)
+        } else {
+            self.backward_by_walk(root.slot, stop_at_nan)
+        };
+        // Sweeping the births from the root's down to its `low` reads every node made in
+        // between, reached or not: far cheaper than discovering the graph by walking it, unless
+        // the span is mostly other graphs still alive. Judge by this pass for the next one.
+        self.sweep_pays = span <= 8 * processed + 4096;
+        outcome
+    }
+
+    /// The births a backward pass from `root` may reach: from the earliest-born node below it
+    /// to its own.
+    fn birth_span(&self, root: u32) -> std::ops::Range<usize> {
+        let Slot { birth, low, .. } = self.slots[root as usize];
+        self.slots[low as usize].birth as usize..birth as usize + 1
+    }
+
+    /// Chooses how backward passes order the graph (for comparing and testing the two ways;
+    /// both give the same gradients up to the order in which a node's shares are added).
+    pub fn set_traversal(&mut self, traversal: Traversal) {
+        self.traversal = traversal;
+    }
+
+    /// Backward in reverse order of birth over `low..=birth` of the root: each node comes after
+    /// every node made from it, and the order is read sequentially instead of discovered.
+    fn backward_by_birth(&mut self, root: u32, stop_at_nan: bool) -> (Result<()>, usize) {
+        let span = self.birth_span(root);
+        let low = span.start;
         let pass = self.next_epoch();
-        self.give(root.slot, 1.0, pass);
+        self.give(root, 1.0, pass);
+        let mut x = std::mem::take(&mut self.inputs);
+        let mut processed = 0;
+        let mut outcome = Ok(());
+        for at in span.rev() {
+            if let Some(ahead) = at.checked_sub(PREFETCH_DISTANCE).filter(|&a| a >= low) {
+                let slot = self.births[ahead] as usize;
+                if slot != DEAD as usize {
+                    prefetch(&self.links[slot]);
+                    prefetch(&self.nodes[slot]);
+                }
+            }
+            let slot = self.births[at];
+            if slot == DEAD {
+                continue;
+            }
+            if self.links[slot as usize].mark != pass {
+                continue; // not below the root (nothing passed it a gradient)
+            }
+            processed += 1;
+            if let Err(e) = self.propagate_step(slot, &mut x, stop_at_nan, pass) {
+                outcome = Err(e);
+                break;
+            }
+        }
+        self.inputs = x;
+        if outcome.is_err() {
+            self.clear_unreached(root, pass);
+        }
+        (outcome, processed)
+    }
+
+    /// Backward in reverse post-order of a walk from the root.
+    fn backward_by_walk(&mut self, root: u32, stop_at_nan: bool) -> (Result<()>, usize) {
+        let order = self.topo_slots(root);
+        let pass = self.next_epoch();
+        self.give(root, 1.0, pass);
         let mut x = std::mem::take(&mut self.inputs);
         let mut outcome = Ok(());
         for (at, &slot) in order.iter().enumerate().rev() {
@@ -623,52 +776,70 @@ impl Arena {
                 prefetch(&self.nodes[ahead as usize]);
                 prefetch(&self.links[ahead as usize]);
             }
-            let node = &self.nodes[slot as usize];
-            let (op, g, out) = (node.op, node.grad, node.data);
-            let step = match self.links[slot as usize].children {
-                Children::None => Ok(()),
-                Children::One(a) => {
-                    let x = [self.nodes[a as usize].data];
-                    let da = op.local_grad(&x, out, 0) * g;
-                    if stop_at_nan && da.is_nan() {
-                        Err(nan_gradient(op, &x, g))
-                    } else {
-                        self.give(a, da, pass);
-                        Ok(())
-                    }
-                }
-                Children::Two(a, b) => {
-                    let x = [self.nodes[a as usize].data, self.nodes[b as usize].data];
-                    let da = op.local_grad(&x, out, 0) * g;
-                    let db = op.local_grad(&x, out, 1) * g;
-                    if stop_at_nan && (da.is_nan() || db.is_nan()) {
-                        Err(nan_gradient(op, &x, g))
-                    } else {
-                        self.give(a, da, pass);
-                        self.give(b, db, pass);
-                        Ok(())
-                    }
-                }
-                Children::Many(list) => self.backward_many(slot, list, &mut x, stop_at_nan, pass),
-            };
-            if let Err(e) = step {
+            if let Err(e) = self.propagate_step(slot, &mut x, stop_at_nan, pass) {
                 outcome = Err(e);
                 break;
             }
         }
+        self.inputs = x;
+        let processed = order.len();
+        self.order = order;
         if outcome.is_err() {
-            // Stopped early: the interior nodes not reached yet hold an earlier pass's
-            // gradients, which must not pass for this one's.
-            for &slot in &order {
-                if self.links[slot as usize].mark != pass && !matches!(self.nodes[slot as usize].op, Op::Leaf)
-                {
-                    self.nodes[slot as usize].grad = 0.0;
+            self.clear_unreached(root, pass);
+        }
+        (outcome, processed)
+    }
+
+    /// After a pass stopped early: the interior nodes below the root that it had not reached
+    /// hold an earlier pass's gradients, which must not pass for this one's.
+    #[cold]
+    fn clear_unreached(&mut self, root: u32, pass: u32) {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![root];
+        while let Some(slot) = stack.pop() {
+            if !seen.insert(slot) {
+                continue;
+            }
+            let at = slot as usize;
+            if self.links[at].mark != pass && !matches!(self.nodes[at].op, Op::Leaf) {
+                self.nodes[at].grad = 0.0;
+            }
+            stack.extend(self.child_slots(self.links[at].children));
+        }
+    }
+
+    /// One node's share of a backward pass: its gradient times each local derivative, given to
+    /// its children.
+    #[inline(always)]
+    fn propagate_step(&mut self, slot: u32, x: &mut Vec<f64>, stop_at_nan: bool, pass: u32) -> Result<()> {
+        let node = &self.nodes[slot as usize];
+        let (op, g, out) = (node.op, node.grad, node.data);
+        match self.links[slot as usize].children {
+            Children::None => Ok(()),
+            Children::One(a) => {
+                let x = [self.nodes[a as usize].data];
+                let da = op.local_grad(&x, out, 0) * g;
+                if stop_at_nan && da.is_nan() {
+                    Err(nan_gradient(op, &x, g))
+                } else {
+                    self.give(a, da, pass);
+                    Ok(())
                 }
             }
+            Children::Two(a, b) => {
+                let x = [self.nodes[a as usize].data, self.nodes[b as usize].data];
+                let da = op.local_grad(&x, out, 0) * g;
+                let db = op.local_grad(&x, out, 1) * g;
+                if stop_at_nan && (da.is_nan() || db.is_nan()) {
+                    Err(nan_gradient(op, &x, g))
+                } else {
+                    self.give(a, da, pass);
+                    self.give(b, db, pass);
+                    Ok(())
+                }
+            }
+            Children::Many(list) => self.backward_many(slot, list, x, stop_at_nan, pass),
         }
-        self.inputs = x;
-        self.order = order;
-        outcome
     }
 
     /// One step of the chain rule from `id`, as micrograd's `Value._backward`: adds the node's
@@ -748,6 +919,9 @@ impl Arena {
         result
     }
 }
+
+/// The entry in `births` of a node freed since.
+const DEAD: u32 = u32::MAX;
 
 /// How many nodes ahead the backward sweep asks for a node's cache line. The sweep's order is
 /// known in advance, but a graph built just before its backward is mostly out of the nearer
@@ -883,6 +1057,36 @@ mod tests {
         arena.release(w);
         arena.release(x);
         assert_eq!(arena.live_nodes(), 0);
+    }
+
+    #[test]
+    fn births_are_compacted_and_a_sweep_across_other_graphs_gives_way_to_a_walk() {
+        let mut arena = Arena::new();
+        let w = arena.leaf(2.0).unwrap();
+        // A long chain kept alive, born between w and the small graphs below.
+        let mut chain = arena.leaf(1.0).unwrap();
+        for _ in 0..100_000 {
+            let next = arena.apply1(Op::AddScalar(1.0), chain).unwrap();
+            arena.release(chain);
+            chain = next;
+        }
+        for step in 1..=3 {
+            for _ in 0..10_000 {
+                let id = arena.leaf(0.0).unwrap(); // dead births, compacted away
+                arena.release(id);
+            }
+            let y = arena.apply2(Op::Mul, w, w).unwrap();
+            arena.backward(y).unwrap();
+            assert_eq!(arena.grad(w).unwrap(), 4.0 * step as f64);
+            // Sweeping from y down to w crosses the whole chain to reach two nodes: not again.
+            assert!(!arena.sweep_pays);
+            arena.release(y);
+        }
+        assert!(arena.births.len() <= 2 * arena.live_nodes() + 4096);
+        arena.backward(chain).unwrap(); // a pass that walks, and finds sweeping would pay
+        assert!(arena.sweep_pays);
+        arena.backward(chain).unwrap();
+        assert_eq!(arena.grad(chain).unwrap(), 1.0);
     }
 
     #[test]

@@ -11,6 +11,6 @@ pub mod optim;
 pub mod program;
 pub mod shared;
 
-pub use arena::{Arena, EngineError, NodeId, NodeView};
+pub use arena::{Arena, EngineError, NodeId, NodeView, Traversal};
 pub use op::Op;
 pub use shared::{SharedArena, ARENA};

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use gradrs_engine::{Arena, EngineError, NodeId, Op};
+use gradrs_engine::{Arena, EngineError, NodeId, Op, Traversal};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -19,6 +19,10 @@ enum Action {
     Drop(usize),
     /// Releases a handle whose node was freed already: must be ignored.
     DropStale(usize),
+    /// Makes and frees thousands of leaves, so that the arena compacts its list of births.
+    Churn,
+    /// Switches how backward orders the graph: 0 automatic, 1 by birth, 2 by walking.
+    Traverse(u8),
     SetData(usize, f64),
     Backward(usize),
 }
@@ -32,6 +36,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => any::<usize>().prop_map(Action::Retain),
         3 => any::<usize>().prop_map(Action::Drop),
         1 => any::<usize>().prop_map(Action::DropStale),
+        1 => Just(Action::Churn),
+        1 => (0u8..3).prop_map(Action::Traverse),
         1 => (any::<usize>(), -2.0..2.0f64).prop_map(|(i, x)| Action::SetData(i, x)),
         2 => any::<usize>().prop_map(Action::Backward),
     ]
@@ -187,6 +193,15 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                 if !freed.is_empty() {
                     arena.release(model.nodes[freed[i % freed.len()]].id);
                 }
+            }
+            Action::Churn => {
+                for _ in 0..5000 {
+                    let id = arena.leaf(0.0).unwrap();
+                    arena.release(id);
+                }
+            }
+            Action::Traverse(k) => {
+                arena.set_traversal([Traversal::Auto, Traversal::Births, Traversal::Walk][k as usize]);
             }
             Action::SetData(i, x) => {
                 if let Some(n) = pick(&model, i) {
