@@ -234,3 +234,29 @@ def test_setting_nonlin_after_construction_takes_effect_as_in_micrograd():
         neuron.activation = "swish"
     clone = pickle.loads(pickle.dumps(neuron))
     assert clone.activation == "tanh" and clone([1.0, 1.0]).data == neuron([1.0, 1.0]).data
+
+
+def test_parameters_follow_every_change_to_a_layer():
+    layer = nn.Layer(2, 2)
+    layer([1.0, 2.0])  # the fused form, and its cached parameter list, exist from here on
+
+    def expected():
+        return [p for n in layer.neurons for p in (*n.w, n.b)]
+
+    assert layer.parameters() == expected()
+    layer.parameters().append(Value(0.0))  # a caller's list is its own
+    assert len(layer.parameters()) == 6
+    changes = [
+        lambda: layer.neurons[0].w.__setitem__(1, Value(10.0)),
+        lambda: setattr(layer.neurons[1], "b", Value(-5.0)),
+        lambda: setattr(layer.neurons[1], "w", [Value(1.0), Value(1.0)]),
+        lambda: layer.neurons.__setitem__(0, nn.Neuron(2)),
+        lambda: layer.neurons.append(nn.Neuron(2)),
+    ]
+    for change in changes:
+        layer([1.0, 2.0])
+        change()
+        assert layer.parameters() == expected()
+    model = nn.MLP(2, [3, 1])
+    model([1.0, 2.0])
+    assert model.parameters() == [p for layer in model.layers for n in layer.neurons for p in (*n.w, n.b)]

@@ -128,18 +128,22 @@ def _activation(nonlin: bool, activation: str | None) -> str:
 
 
 class _LayerCache:
-    """The compiled form of a layer (a ``Dense``), dropped whenever its parameters change."""
+    """The compiled form of a layer (a ``Dense``) and its parameter list, dropped whenever its
+    parameters change. The list is only trusted while ``dense`` is set: building ``dense`` is
+    what makes every neuron report its changes here."""
 
-    __slots__ = ("dense",)
+    __slots__ = ("dense", "params")
 
     def __init__(self) -> None:
         self.dense: Dense | None = None
+        self.params: list[Value] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # copies and pickles rebuild it from their own Values
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.dense = None
+        self.params = None
 
 
 class _WatchedList(list):  # type: ignore[type-arg]
@@ -329,6 +333,7 @@ class Layer(Module):
             n._bind(self._cache)
         dense = Dense([n.w for n in neurons], [n.b for n in neurons], activations.pop())
         self._cache.dense = dense
+        self._cache.params = [p for n in neurons for p in n.parameters()]
         return dense
 
     def __call__(self, x: Sequence[Input]) -> Value | list[Value]:
@@ -340,6 +345,9 @@ class Layer(Module):
         return out[0] if len(out) == 1 else out
 
     def parameters(self) -> list[Value]:
+        cache = self._cache
+        if cache.dense is not None and cache.params is not None:
+            return list(cache.params)  # a training loop asks every step; a copy, as it may be changed
         return [p for n in self.neurons for p in n.parameters()]
 
     def named_parameters(self) -> list[tuple[str, Value]]:
@@ -373,7 +381,10 @@ class MLP(Module):
         return out
 
     def parameters(self) -> list[Value]:
-        return [p for layer in self.layers for p in layer.parameters()]
+        params: list[Value] = []
+        for layer in self.layers:
+            params += layer.parameters()
+        return params
 
     def named_parameters(self) -> list[tuple[str, Value]]:
         return [
