@@ -389,3 +389,33 @@ def test_compiled_batch_is_faster_than_eager():
     compiled = best(lambda: fast.batch(X, y).backward())
     print(f"\ncompiled batch step {eager / compiled:.1f}x faster than eager")
     assert eager / compiled >= 5  # typically 15-19x on two cores
+
+
+def test_batches_let_other_python_threads_run():
+    import threading
+
+    random.seed(2)
+    model = MLP(3, [8, 8, 1])
+    fn = gradrs.compile(lambda x: model(x))
+    X = np.random.default_rng(0).normal(size=(400_000, 3))
+    fn.batch(X[:10])  # trace first
+    window = {}
+
+    def replay():
+        window["start"] = time.perf_counter()
+        fn.batch(X, threads=1)
+        window["end"] = time.perf_counter()
+
+    worker = threading.Thread(target=replay)
+    ticks = []
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+    worker.join()
+    start, end = window["start"], window["end"]
+    assert end - start > 0.02, "the batch should take long enough to tell"
+    # Had the batch held the GIL, this thread would have stalled for most of its duration: one
+    # long gap between ticks. Released, this thread keeps ticking throughout.
+    around = [start] + [t for t in ticks if start < t < end] + [end]
+    longest_gap = max(b - a for a, b in zip(around, around[1:], strict=False))
+    assert longest_gap < 0.5 * (end - start), (longest_gap, end - start)
