@@ -278,6 +278,10 @@ class Neuron(Module):
         self._w._cache = cache
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_activation" not in state:  # pickled before activation became a property
+            state = {k: v for k, v in state.items() if k not in ("activation", "nonlin", "_act")} | {
+                "_activation": state.get("activation", "relu")
+            }
         self.__dict__.update(state)
         self.w = list(self._w)  # watch the restored list again
 
