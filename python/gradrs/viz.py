@@ -63,8 +63,8 @@ def draw_dot(root: Value, format: str = "svg", rankdir: str = "LR") -> Any:
 
 
 def _record_text(text: str) -> str:
-    """``text`` escaped for a field of a record label, where ``| { } < >`` and spaces at the
-    ends have meanings of their own."""
+    """``text`` escaped for a field of a record label, where ``| { } < >`` have meanings of
+    their own (field separators, nesting, port names)."""
     for special in "\\|{}<>":
         text = text.replace(special, "\\" + special)
     return text
