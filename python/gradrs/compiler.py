@@ -240,10 +240,14 @@ class Compiled:
         out = trace.program.map(rows, threads)
         return out[:, 0] if trace.single else out
 
+    def _eager_rows(self, arrays: tuple[Any, ...]) -> list[Any]:
+        """``fn`` run op by op on every sample (row ``i`` of each array)."""
+        arrays = _samples(arrays)
+        return [self._eager((tuple(a[i] for a in arrays), ())) for i in range(arrays[0].shape[0])]
+
     def _eager_map(self, arrays: tuple[Any, ...]) -> np.ndarray:
         """``map`` op by op."""
-        arrays = _samples(arrays)
-        outs = [self._eager((tuple(a[i] for a in arrays), ())) for i in range(arrays[0].shape[0])]
+        outs = self._eager_rows(arrays)
         if isinstance(outs[0], Value):
             return np.array([v.data for v in outs])
         return np.array([[v.data for v in out] for out in outs])
@@ -265,8 +269,7 @@ class Compiled:
         """``batch`` op by op, for a call inside another function's trace."""
         if reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
-        arrays = _samples(arrays)
-        outs = [self._eager((tuple(a[i] for a in arrays), ())) for i in range(arrays[0].shape[0])]
+        outs = self._eager_rows(arrays)
 
         def reduced(column: Any) -> Value:
             total = gradrs_sum(column)
