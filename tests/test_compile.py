@@ -219,12 +219,6 @@ def test_a_new_structure_traces_again():
     assert calls == [2, 3]  # traced once per structure
 
 
-def test_data_dependent_branches_are_baked_in():
-    compiled = gradrs.compile(lambda x: x * 2 if x.data > 0 else x * -3)
-    assert compiled(1.0).data == 2.0
-    assert compiled(-1.0).data == -2.0  # the traced branch, as documented (jax.jit does the same)
-
-
 def test_parameters_are_reread_and_kept_alive():
     gc.collect()
     baseline = gradrs.live_nodes()

@@ -9,6 +9,7 @@ from gradrs import losses, nn
 from gradrs._core import (
     AnomalyError,
     ParamGroup,
+    TraceError,
     Value,
     __version__,
     _live_nodes,
@@ -26,6 +27,7 @@ __all__ = [
     "Compiled",
     "GradcheckError",
     "ParamGroup",
+    "TraceError",
     "Value",
     "__version__",
     "compile",

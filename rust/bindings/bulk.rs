@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::value::{engine_error, retain_all, type_name, wrap, PyValue};
+use crate::value::{engine_error, refuse_while_tracing, retain_all, type_name, wrap, PyValue};
 
 /// One new leaf Value per element of a 1-d float64 array.
 #[pyfunction]
@@ -48,6 +48,7 @@ impl ParamGroup {
     /// Reads every parameter's data and gradient, lets `step` change the data, writes it back;
     /// all under one lock.
     fn update(&self, step: impl FnOnce(&mut [f64], &[f64])) -> PyResult<()> {
+        refuse_while_tracing("an optimiser step")?;
         let mut arena = ARENA.lock();
         let mut data = arena.data_of(&self.ids).map_err(engine_error)?;
         let grad = arena.grad_of(&self.ids).map_err(engine_error)?;
@@ -120,27 +121,32 @@ impl ParamGroup {
 
     /// A copy of every Value's data.
     fn data<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        refuse_while_tracing("reading data")?;
         let data = ARENA.lock().data_of(&self.ids).map_err(engine_error)?;
         Ok(PyArray1::from_vec(py, data))
     }
 
     /// A copy of every Value's gradient.
     fn grad<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        refuse_while_tracing("reading gradients")?;
         let grad = ARENA.lock().grad_of(&self.ids).map_err(engine_error)?;
         Ok(PyArray1::from_vec(py, grad))
     }
 
     fn set_data(&self, values: PyReadonlyArray1<'_, f64>) -> PyResult<()> {
+        refuse_while_tracing("setting data")?;
         let values = slice_of(&values, self.ids.len())?;
         ARENA.lock().set_data_of(&self.ids, values).map_err(engine_error)
     }
 
     fn set_grad(&self, values: PyReadonlyArray1<'_, f64>) -> PyResult<()> {
+        refuse_while_tracing("setting gradients")?;
         let values = slice_of(&values, self.ids.len())?;
         ARENA.lock().set_grad_of(&self.ids, values).map_err(engine_error)
     }
 
     fn zero_grad(&self) -> PyResult<()> {
+        refuse_while_tracing("zeroing gradients")?;
         let zeros = vec![0.0; self.ids.len()];
         ARENA.lock().set_grad_of(&self.ids, &zeros).map_err(engine_error)
     }

@@ -13,8 +13,8 @@ mod _core {
 
     #[pymodule_export]
     use crate::value::{
-        _capacity, _live_nodes, _restore_value, _set_detect_anomaly, _set_grad_enabled, is_grad_enabled,
-        AnomalyError, PyValue,
+        _capacity, _live_nodes, _restore_value, _set_detect_anomaly, _set_grad_enabled, _set_tracing,
+        is_grad_enabled, AnomalyError, PyValue, TraceError,
     };
 
     #[pymodule_export]

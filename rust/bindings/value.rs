@@ -12,14 +12,24 @@ use gradrs_engine::op::Arity;
 use gradrs_engine::{Arena, EngineError, NodeId, Op, ARENA};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyFloat, PySet, PyTuple};
+use pyo3::types::{PyBool, PyFloat, PySet, PyTuple};
 
 pyo3::create_exception!(
     gradrs,
     AnomalyError,
     PyRuntimeError,
     "Raised inside `gradrs.detect_anomaly()` by the first op whose result or gradient is nan."
+);
+
+pyo3::create_exception!(
+    gradrs,
+    TraceError,
+    PyTypeError,
+    "Raised while `gradrs.compile` traces a function that reads a concrete number from a Value \
+     (`.data`, `float()`, `bool()`, a comparison), uses `no_grad()`, or calls `backward()`: \
+     the program would replay that number, or skip that step, for every later input."
 );
 
 thread_local! {
@@ -35,9 +45,43 @@ static THREADS_WITHOUT_GRAD: AtomicUsize = AtomicUsize::new(0);
 /// Whether `detect_anomaly()` is active; one relaxed load per op when it is not.
 static DETECT_ANOMALY: AtomicBool = AtomicBool::new(false);
 
+thread_local! {
+    /// Whether `gradrs.compile` is tracing a function on this thread.
+    static TRACING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How many threads are tracing; while it is zero, reading a number skips the thread-local lookup.
+static THREADS_TRACING: AtomicUsize = AtomicUsize::new(0);
+
+fn tracing() -> bool {
+    THREADS_TRACING.load(Ordering::Relaxed) != 0 && TRACING.with(Cell::get)
+}
+
+/// Refuses `what` on a thread that is tracing a function for `gradrs.compile`.
+///
+/// A trace runs the function once, on stand-in Values, and records only the ops. Any number read
+/// out of a Value there (and any Python decision taken on it) would be frozen into the program
+/// and silently replayed for other inputs, so it is refused as `jax.jit` refuses concrete reads.
+pub(crate) fn refuse_while_tracing(what: &str) -> PyResult<()> {
+    if tracing() {
+        return Err(traced_read(what));
+    }
+    Ok(())
+}
+
+#[cold]
+fn traced_read(what: &str) -> PyErr {
+    TraceError::new_err(format!(
+        "{what} inside a function being traced by gradrs.compile: the trace records ops, not \
+         numbers, so the result would be fixed at trace time and replayed for every later call. \
+         Compute with Values instead (their ops are recorded), pass the number as a static argument \
+         (gradrs.compile(fn, static_argnames=[...]) or an int, which is static), or call the \
+         function uncompiled"
+    ))
+}
+
 /// A scalar value and its gradient, recorded in the graph that produced it.
-#[pyclass(name = "Value", module = "gradrs", frozen, weakref, eq, hash)]
-#[derive(PartialEq, Eq, Hash)]
+#[pyclass(name = "Value", module = "gradrs", frozen, weakref)]
 pub struct PyValue {
     pub(crate) id: NodeId,
 }
@@ -138,6 +182,13 @@ pub(crate) fn record(py: Python<'_>, op: Op, children: &[NodeId]) -> PyResult<Py
 /// [`record`] for a caller that already holds the arena's lock.
 pub(crate) fn record_locked(arena: &mut Arena, op: Op, children: &[NodeId]) -> PyResult<NodeId> {
     let id = if !grad_enabled() {
+        if tracing() {
+            return Err(TraceError::new_err(
+                "gradrs.no_grad() inside a function being traced by gradrs.compile: its results \
+                 would be recorded as numbers fixed at trace time. Move the no_grad block out of \
+                 the compiled function, or call the whole compiled function under no_grad()",
+            ));
+        }
         let data = arena.evaluate(&op, children).map_err(engine_error)?;
         arena.leaf(data)
     } else {
@@ -259,11 +310,13 @@ impl PyValue {
     /// The number this Value holds.
     #[getter]
     fn get_data(&self) -> PyResult<f64> {
+        refuse_while_tracing("reading .data")?;
         ARENA.lock().data(self.id).map_err(engine_error)
     }
 
     #[setter]
     fn set_data(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        refuse_while_tracing("setting .data")?;
         let value = real_number(value, "Value.data")?;
         ARENA.lock().set_data(self.id, value).map_err(engine_error)
     }
@@ -271,11 +324,13 @@ impl PyValue {
     /// d(output)/d(this Value) from the last `backward()`; accumulates on leaves.
     #[getter]
     fn get_grad(&self) -> PyResult<f64> {
+        refuse_while_tracing("reading .grad")?;
         ARENA.lock().grad(self.id).map_err(engine_error)
     }
 
     #[setter]
     fn set_grad(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        refuse_while_tracing("setting .grad")?;
         let value = real_number(value, "Value.grad")?;
         ARENA.lock().set_grad(self.id, value).map_err(engine_error)
     }
@@ -401,6 +456,7 @@ impl PyValue {
     /// One step of the chain rule, as micrograd's `_backward`: adds this Value's `grad` times
     /// each local derivative to its children's `grad` (the lecture's backward by hand).
     fn _backward(&self) -> PyResult<()> {
+        refuse_while_tracing("calling _backward()")?;
         ARENA.lock().propagate(self.id).map_err(engine_error)
     }
 
@@ -409,6 +465,7 @@ impl PyValue {
     /// Leaves accumulate across calls until reset (`p.grad = 0` or
     /// `model.zero_grad()`); interior gradients are recomputed on each call.
     fn backward(&self) -> PyResult<()> {
+        refuse_while_tracing("calling backward()")?;
         let check = DETECT_ANOMALY.load(Ordering::Relaxed);
         ARENA
             .lock()
@@ -417,6 +474,10 @@ impl PyValue {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        if tracing() {
+            // Printing inside a traced function is common; the numbers there are only stand-ins.
+            return Ok("Value(<traced>)".to_owned());
+        }
         let (data, grad) = {
             let arena = ARENA.lock();
             (arena.data(self.id), arena.grad(self.id))
@@ -428,6 +489,7 @@ impl PyValue {
 
     /// A copy is a new leaf with the same data, grad and label.
     fn __copy__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        refuse_while_tracing("copying a Value (a copy is a new leaf holding the current number)")?;
         let id = {
             let mut arena = ARENA.lock();
             let (data, grad) = (arena.data(self.id), arena.grad(self.id));
@@ -448,6 +510,7 @@ impl PyValue {
 
     /// Pickles as a leaf: data, grad and label (the graph is not saved).
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        refuse_while_tracing("pickling a Value")?;
         let (data, grad, label) = {
             let arena = ARENA.lock();
             (
@@ -462,6 +525,44 @@ impl PyValue {
         };
         let rebuild = py.import("gradrs._core")?.getattr("_restore_value")?;
         PyTuple::new(py, [rebuild, (data, grad, label).into_pyobject(py)?.into_any()])
+    }
+
+    /// Values compare by identity, as micrograd's do (two handles to one node are equal); they
+    /// have no order. While a trace runs, a Value may stand in for a number the caller passed,
+    /// and a number compares by value: any comparison but identity is refused there.
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        let same = other.cast::<PyValue>().ok().map(|v| v.get().id == self.id);
+        let equality = match op {
+            CompareOp::Eq => Some(true),
+            CompareOp::Ne => Some(false),
+            _ => None,
+        };
+        match (equality, same) {
+            (Some(eq), Some(true)) => Ok(PyBool::new(py, eq).to_owned().into_any().unbind()),
+            _ if tracing() => Err(traced_read("comparing a Value")),
+            (Some(eq), Some(false)) => Ok(PyBool::new(py, !eq).to_owned().into_any().unbind()),
+            _ => Ok(py.NotImplemented()),
+        }
+    }
+
+    fn __hash__(&self) -> u64 {
+        (u64::from(self.id.gen) << 32) | u64::from(self.id.slot)
+    }
+
+    /// Always true, as for any Python object (micrograd's Value has no `__bool__`); refused
+    /// while tracing, where the Value may stand in for a number whose truth depends on it.
+    fn __bool__(&self) -> PyResult<bool> {
+        refuse_while_tracing("the truth value of a Value (`if v:`)")?;
+        Ok(true)
+    }
+
+    /// `float(v)` is refused, as micrograd's Value has no `__float__`: read `v.data`.
+    fn __float__(&self) -> PyResult<f64> {
+        refuse_while_tracing("float() of a Value")?;
+        Err(PyTypeError::new_err(
+            "float() argument must be a string or a real number, not 'gradrs.Value'; read v.data for its number",
+        ))
     }
 
     /// Makes numpy hand `ndarray * Value` to `Value.__rmul__` instead of
@@ -502,6 +603,19 @@ pub fn _set_grad_enabled(enabled: bool) -> bool {
     match (previous, enabled) {
         (true, false) => THREADS_WITHOUT_GRAD.fetch_add(1, Ordering::Relaxed),
         (false, true) => THREADS_WITHOUT_GRAD.fetch_sub(1, Ordering::Relaxed),
+        _ => 0,
+    };
+    previous
+}
+
+/// Marks this thread as tracing a function for `gradrs.compile` (or not); returns the previous
+/// setting.
+#[pyfunction]
+pub fn _set_tracing(enabled: bool) -> bool {
+    let previous = TRACING.with(|flag| flag.replace(enabled));
+    match (previous, enabled) {
+        (false, true) => THREADS_TRACING.fetch_add(1, Ordering::Relaxed),
+        (true, false) => THREADS_TRACING.fetch_sub(1, Ordering::Relaxed),
         _ => 0,
     };
     previous
