@@ -14,6 +14,7 @@ from gradrs._core import (
     _live_nodes,
     dot,
     is_grad_enabled,
+    logsumexp,
     sum,
 )
 from gradrs.anomaly import detect_anomaly, is_anomaly_enabled
@@ -40,6 +41,7 @@ __all__ = [
     "is_grad_enabled",
     "leaves",
     "live_nodes",
+    "logsumexp",
     "losses",
     "nn",
     "no_grad",

@@ -8,9 +8,9 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use gradrs_engine::op::Arity;
+use gradrs_engine::op::{Arity, SOFTPLUS_THRESHOLD};
 use gradrs_engine::{Arena, EngineError, NodeId, Op, ARENA};
-use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PySet, PyTuple};
@@ -55,18 +55,23 @@ enum Operand {
 }
 
 /// `None` when `other` is neither a Value nor a real number, so the operator can
-/// return `NotImplemented` and let Python raise its usual TypeError.
-fn operand(other: &Bound<'_, PyAny>) -> Option<Operand> {
+/// return `NotImplemented` and let Python raise its usual TypeError. A number too
+/// large for a float (`10**400`) is an OverflowError, as in `1.0 + 10**400`.
+fn operand(other: &Bound<'_, PyAny>) -> PyResult<Option<Operand>> {
     if let Ok(value) = other.cast_exact::<PyValue>() {
-        return Some(Operand::Node(value.get().id));
+        return Ok(Some(Operand::Node(value.get().id)));
     }
     if let Ok(number) = other.cast_exact::<PyFloat>() {
-        return Some(Operand::Number(number.value()));
+        return Ok(Some(Operand::Number(number.value())));
     }
     if let Ok(value) = other.cast::<PyValue>() {
-        return Some(Operand::Node(value.get().id));
+        return Ok(Some(Operand::Node(value.get().id)));
     }
-    other.extract::<f64>().ok().map(Operand::Number)
+    match other.extract::<f64>() {
+        Ok(number) => Ok(Some(Operand::Number(number))),
+        Err(err) if err.is_instance_of::<PyOverflowError>(other.py()) => Err(err),
+        Err(_) => Ok(None),
+    }
 }
 
 /// A real number from `obj`, or a TypeError naming what was given instead.
@@ -80,7 +85,7 @@ pub(crate) fn real_number(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
         )));
     }
     obj.extract::<f64>().map_err(|err| {
-        if err.is_instance_of::<pyo3::exceptions::PyOverflowError>(obj.py()) {
+        if err.is_instance_of::<PyOverflowError>(obj.py()) {
             return err;
         }
         PyTypeError::new_err(format!(
@@ -225,7 +230,7 @@ impl PyValue {
         on_number: impl FnOnce(f64) -> Op,
     ) -> PyResult<Py<PyAny>> {
         let py = other.py();
-        match operand(other) {
+        match operand(other)? {
             Some(Operand::Node(b)) => record(py, op, &[self.id, b]),
             Some(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
             None => Ok(py.NotImplemented()),
@@ -236,7 +241,7 @@ impl PyValue {
     /// `other` is not a Value).
     fn reflected(&self, other: &Bound<'_, PyAny>, on_number: impl FnOnce(f64) -> Op) -> PyResult<Py<PyAny>> {
         let py = other.py();
-        match operand(other) {
+        match operand(other)? {
             Some(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
             Some(Operand::Node(_)) | None => Ok(py.NotImplemented()),
         }
@@ -396,6 +401,13 @@ impl PyValue {
 
     fn sigmoid(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.unary(py, Op::Sigmoid)
+    }
+
+    /// log(1 + exp(x)) without overflow, as PyTorch's `softplus`: x itself above
+    /// `threshold` (PyTorch's 20); `threshold=math.inf` gives the exact value everywhere.
+    #[pyo3(signature = (threshold = SOFTPLUS_THRESHOLD))]
+    fn softplus(&self, py: Python<'_>, threshold: f64) -> PyResult<Py<PyAny>> {
+        self.unary(py, Op::Softplus(threshold))
     }
 
     /// One step of the chain rule, as micrograd's `_backward`: adds this Value's `grad` times
