@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use gradrs_engine::op::{Arity, SOFTPLUS_THRESHOLD};
+use gradrs_engine::op::Arity;
 use gradrs_engine::{Arena, EngineError, NodeId, Op, ARENA};
 use pyo3::exceptions::{PyMemoryError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -54,23 +54,28 @@ enum Operand {
     Number(f64),
 }
 
-/// `None` when `other` is neither a Value nor a real number, so the operator can
-/// return `NotImplemented` and let Python raise its usual TypeError. A number too
-/// large for a float (`10**400`) is an OverflowError, as in `1.0 + 10**400`.
-fn operand(other: &Bound<'_, PyAny>) -> PyResult<Option<Operand>> {
+/// `None` when `other` is neither a Value nor a real number (see [`not_an_operand`]).
+fn operand(other: &Bound<'_, PyAny>) -> Option<Operand> {
     if let Ok(value) = other.cast_exact::<PyValue>() {
-        return Ok(Some(Operand::Node(value.get().id)));
+        return Some(Operand::Node(value.get().id));
     }
     if let Ok(number) = other.cast_exact::<PyFloat>() {
-        return Ok(Some(Operand::Number(number.value())));
+        return Some(Operand::Number(number.value()));
     }
     if let Ok(value) = other.cast::<PyValue>() {
-        return Ok(Some(Operand::Node(value.get().id)));
+        return Some(Operand::Node(value.get().id));
     }
+    other.extract::<f64>().ok().map(Operand::Number)
+}
+
+/// What an operator returns for an `other` that [`operand`] refused: `NotImplemented`, so
+/// Python raises its usual TypeError, except for a number too large for a float
+/// (`10**400`), which is an OverflowError, as in `1.0 + 10**400`.
+#[cold]
+fn not_an_operand(other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     match other.extract::<f64>() {
-        Ok(number) => Ok(Some(Operand::Number(number))),
         Err(err) if err.is_instance_of::<PyOverflowError>(other.py()) => Err(err),
-        Err(_) => Ok(None),
+        _ => Ok(other.py().NotImplemented()),
     }
 }
 
@@ -230,10 +235,10 @@ impl PyValue {
         on_number: impl FnOnce(f64) -> Op,
     ) -> PyResult<Py<PyAny>> {
         let py = other.py();
-        match operand(other)? {
+        match operand(other) {
             Some(Operand::Node(b)) => record(py, op, &[self.id, b]),
             Some(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
-            None => Ok(py.NotImplemented()),
+            None => not_an_operand(other),
         }
     }
 
@@ -241,9 +246,10 @@ impl PyValue {
     /// `other` is not a Value).
     fn reflected(&self, other: &Bound<'_, PyAny>, on_number: impl FnOnce(f64) -> Op) -> PyResult<Py<PyAny>> {
         let py = other.py();
-        match operand(other)? {
+        match operand(other) {
             Some(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
-            Some(Operand::Node(_)) | None => Ok(py.NotImplemented()),
+            Some(Operand::Node(_)) => Ok(py.NotImplemented()),
+            None => not_an_operand(other),
         }
     }
 }
@@ -405,7 +411,8 @@ impl PyValue {
 
     /// log(1 + exp(x)) without overflow, as PyTorch's `softplus`: x itself above
     /// `threshold` (PyTorch's 20); `threshold=math.inf` gives the exact value everywhere.
-    #[pyo3(signature = (threshold = SOFTPLUS_THRESHOLD))]
+    // The default is written out (op::SOFTPLUS_THRESHOLD) so that Python's signature shows it.
+    #[pyo3(signature = (threshold = 20.0))]
     fn softplus(&self, py: Python<'_>, threshold: f64) -> PyResult<Py<PyAny>> {
         self.unary(py, Op::Softplus(threshold))
     }

@@ -283,6 +283,9 @@ pub const SOFTPLUS_THRESHOLD: f64 = 20.0;
 /// `log(1 + exp(a))`, or `a` above `threshold` (where, past 20, the two differ by less
 /// than 2.1e-9). Up to 20 it is PyTorch's `log1p(exp(a))`, where exp cannot overflow;
 /// past 20 (only with a higher threshold) `a + log1p(exp(-a))`, which cannot either.
+// Kept out of line: inlined into `forward`/`local_grad`, which are inlined into every
+// op's hot path, it would make the common ops a little slower.
+#[inline(never)]
 fn softplus(a: f64, threshold: f64) -> f64 {
     if a > threshold {
         a
@@ -295,6 +298,7 @@ fn softplus(a: f64, threshold: f64) -> f64 {
 
 /// The sigmoid, 1 above the threshold. Up to 20 it is `z/(z+1)` with `z = exp(a)`, as
 /// PyTorch's `softplus_backward`; past 20, `1/(1+exp(-a))`, as `z` could overflow.
+#[inline(never)]
 fn softplus_grad(a: f64, threshold: f64) -> f64 {
     if a > threshold {
         1.0
@@ -309,6 +313,7 @@ fn softplus_grad(a: f64, threshold: f64) -> f64 {
 /// `log(sum(exp(x_i - m))) + m` with `m` the largest `x_i`, as `torch.logsumexp`: an
 /// infinite `m` shifts by 0 instead (so all `-inf` give `-inf` and any `inf` gives `inf`,
 /// not nan), a nan anywhere gives nan, and no children give `log(0) = -inf`.
+#[inline(never)]
 fn logsumexp(x: &[f64]) -> f64 {
     let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let shift = if m.is_infinite() { 0.0 } else { m };
