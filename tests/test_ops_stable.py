@@ -45,6 +45,16 @@ def build(case: dict, xs: list) -> Value:
         return xs[0] / xs[1]
     if fn == "scalar_div":
         return case["const"] / xs[0]
+    if fn == "pow":
+        return xs[0] ** xs[1]
+    if fn == "pow_scalar":
+        return xs[0] ** case["const"]
+    if fn == "scalar_pow":
+        return case["const"] ** xs[0]
+    if fn == "mul":
+        return xs[0] * xs[1]
+    if fn in ("log", "sigmoid", "tanh", "exp"):
+        return getattr(xs[0], fn)()
     raise AssertionError(f"unknown case function {fn}")
 
 
@@ -112,7 +122,21 @@ def test_the_cases_cover_what_the_issue_asks():
         "scalar_div(1e-300, 1e-200)",
     ]:
         assert needed in names
-    assert {c["fn"] for c in CASES} >= {"softplus", "logsumexp", "cross_entropy", "bce", "div", "scalar_div"}
+    assert {c["fn"] for c in CASES} >= {
+        "softplus",
+        "logsumexp",
+        "cross_entropy",
+        "bce",
+        "div",
+        "scalar_div",
+        "pow",
+        "pow_scalar",
+        "scalar_pow",
+        "log",
+        "sigmoid",
+        "tanh",
+        "exp",
+    }
 
 
 def test_divisor_gradient_does_not_overflow():

@@ -79,6 +79,23 @@ def torch_bce(targets: list[float]):
     return fn
 
 
+def torch_op(kind: str, c: float | None):
+    """The ops whose local derivatives were checked for needless overflow and left as they are."""
+
+    def fn(xs):
+        if kind == "pow":
+            return xs[0] ** xs[1]
+        if kind == "pow_scalar":
+            return xs[0] ** c
+        if kind == "scalar_pow":
+            return torch.pow(c, xs[0])
+        if kind == "mul":
+            return xs[0] * xs[1]
+        return getattr(xs[0], kind)()
+
+    return fn
+
+
 def _mp(x: float):
     return mpmath.mpf(x)
 
@@ -241,6 +258,58 @@ def cases() -> list[dict]:
         add(f"div({x}, {y})", "div", [x, y], torch_div)
     for c, x in [(1e-300, 1e-200), (1e-300, 1e-310), (1.0, 1e-200), (1e200, 1e200), (2.0, 1e200), (2.0, 3.0)]:
         add(f"scalar_div({c}, {x})", "scalar_div", [x], torch_scalar_div(c), const=c)
+
+    # The other ops at points where a naive derivative would overflow or underflow; gradrs
+    # already matched PyTorch's formulas in derivatives.yaml there (this keeps it so).
+    for kind, inputs, c in [
+        ("pow", [1e-200, -1.0], None),
+        ("pow", [1e200, 2.0], None),
+        ("pow", [1e-160, 2.0], None),
+        ("pow", [0.0, 0.0], None),
+        ("pow", [0.0, -1.0], None),
+        ("pow", [-2.0, 0.5], None),
+        ("pow", [1e300, 1e-300], None),
+        ("pow", [2.0, 1100.0], None),
+        ("pow_scalar", [1e-200], -1.0),
+        ("pow_scalar", [1e200], 2.0),
+        ("pow_scalar", [1e-310], 0.5),
+        ("pow_scalar", [0.0], 0.0),
+        ("pow_scalar", [0.0], 0.5),
+        ("pow_scalar", [1e-160], 3.0),
+        ("scalar_pow", [1100.0], 2.0),
+        ("scalar_pow", [-1100.0], 2.0),
+        ("scalar_pow", [0.5], 0.0),
+        ("scalar_pow", [-1.0], 0.0),
+        ("log", [1e-310], None),
+        ("log", [0.0], None),
+        ("log", [-1.0], None),
+        ("log", [1e308], None),
+        ("sigmoid", [-745.0], None),
+        ("sigmoid", [-700.0], None),
+        ("sigmoid", [40.0], None),
+        ("sigmoid", [800.0], None),
+        ("tanh", [20.0], None),
+        ("tanh", [1e-300], None),
+        ("tanh", [-400.0], None),
+        ("exp", [709.7], None),
+        ("exp", [-745.0], None),
+        ("exp", [710.0], None),
+        ("mul", [1e200, 1e200], None),
+        ("mul", [1e-200, 1e-200], None),
+    ]:
+        exact = None
+        if kind == "sigmoid":
+            # PyTorch's 1/(1+exp(-x)) is 0 at -745, where the sigmoid is 2.9e-324 (rounds to 5e-324).
+            z = _sigmoid_mp(_mp(inputs[0]))
+            exact = (float(z), [float(z * (1 - z))])
+        add(
+            f"{kind}({inputs}{'' if c is None else f', {c}'})",
+            kind,
+            inputs,
+            torch_op(kind, c),
+            exact,
+            const=c,
+        )
     return out
 
 
