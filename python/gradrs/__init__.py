@@ -15,6 +15,7 @@ from gradrs._core import (
     _live_nodes,
     dot,
     is_grad_enabled,
+    logsumexp,
     sum,
 )
 from gradrs.anomaly import detect_anomaly, is_anomaly_enabled
@@ -42,6 +43,7 @@ __all__ = [
     "is_grad_enabled",
     "leaves",
     "live_nodes",
+    "logsumexp",
     "losses",
     "nn",
     "no_grad",

@@ -1,16 +1,19 @@
 """Loss functions over Values, and L2 regularisation.
 
-All reduce to one scalar Value. The cross-entropies are written to stay finite for logits
-of any size: log-sum-exp is shifted by the largest logit, and the binary form uses
-``max(z, 0) - z*y + log(1 + exp(-|z|))``.
+All reduce to one scalar Value. The cross-entropies stay finite for logits of any size and
+never read a Value's number (``.data``), so a ``gradrs.compile`` trace taken at one point
+replays correctly at any other: the shifting by the largest logit happens inside the
+``logsumexp`` and ``softplus`` ops, which recompute it at every replay.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
+import operator
 from collections.abc import Sequence
 
-from gradrs._core import Value, dot
+from gradrs._core import Value, dot, logsumexp
 from gradrs._core import sum as vsum
 
 __all__ = [
@@ -48,31 +51,51 @@ def hinge_loss(scores: Sequence[Value], labels: Sequence[float]) -> Value:
     return _mean([(1 + -y * s).relu() for s, y in zip(scores, labels, strict=True)])
 
 
-def _softplus(z: Value) -> Value:
-    """log(1 + exp(z)) without overflow: max(z, 0) + log(1 + exp(-|z|))."""
-    if z.data >= 0:
-        return z + ((-z).exp() + 1).log()
-    return (z.exp() + 1).log()
+def _binary_cross_entropy(z: Value, y: Number) -> Value:
+    """``-(y*log(sigmoid(z)) + (1-y)*log(1-sigmoid(z)))`` as ``y*softplus(-z) + (1-y)*softplus(z)``.
+
+    Both terms are non-negative, so nothing cancels, and softplus without PyTorch's threshold
+    of 20 is exact for any z: the value and the gradient ``sigmoid(z) - y`` keep full relative
+    precision even where they are tiny (PyTorch's ``(1-y)*z - logsigmoid(z)`` loses it for
+    y = 0 and z << 0, and its gradient for y = 1 and z >> 0).
+    """
+    return y * (-z).softplus(threshold=math.inf) + (1 - y) * z.softplus(threshold=math.inf)  # type: ignore[operator]
 
 
-def binary_cross_entropy_with_logits(logits: Sequence[Value], targets: Sequence[float]) -> Value:
+def binary_cross_entropy_with_logits(logits: Sequence[Value], targets: Sequence[Number]) -> Value:
     """Mean binary cross-entropy of ``sigmoid(logit)`` against targets in [0, 1], computed stably."""
     _check(logits, targets)
-    return _mean([_softplus(z) - z * float(y) for z, y in zip(logits, targets, strict=True)])
+    return _mean([_binary_cross_entropy(z, y) for z, y in zip(logits, targets, strict=True)])
 
 
 def softmax(logits: Sequence[Value]) -> list[Value]:
-    """Probabilities from logits, shifted by the largest logit so no ``exp`` overflows."""
-    shift = max(v.data for v in logits)
-    exps = [(v - shift).exp() for v in logits]
-    total = vsum(exps)
-    return [e / total for e in exps]
+    """Probabilities from logits: ``exp(v - logsumexp(logits))``, so no ``exp`` overflows."""
+    log_total = logsumexp(logits)
+    return [(v - log_total).exp() for v in logits]
 
 
-def _log_softmax(logits: Sequence[Value], target: int) -> Value:
-    shift = max(v.data for v in logits)
-    log_total = vsum([(v - shift).exp() for v in logits]).log()
-    return logits[target] - shift - log_total
+def _negative_log_softmax(logits: Sequence[Value], target: int) -> Value:
+    """``logsumexp(logits) - logits[target]``, computed as ``logsumexp(v - logits[target])``.
+
+    Shifting by the target's logit first makes the result the sum of two non-negative parts
+    (the largest shifted logit and the log of a sum of at least 1), as in PyTorch's
+    ``log_softmax``, so a loss near 0 keeps its precision instead of cancelling.
+    """
+    chosen = logits[target]
+    return logsumexp([v - chosen for v in logits])
+
+
+def _class_index(target: object, n_classes: int) -> int:
+    try:
+        index = operator.index(target)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"a class index must be an int, not {type(target).__name__}"
+            " (under gradrs.compile, close over the targets instead of passing them)"
+        ) from None
+    if not 0 <= index < n_classes:
+        raise ValueError(f"class index {index} is out of range for {n_classes} logits")
+    return index
 
 
 def cross_entropy(logits: Sequence[Value] | Sequence[Sequence[Value]], targets: int | Sequence[int]) -> Value:
@@ -84,11 +107,10 @@ def cross_entropy(logits: Sequence[Value] | Sequence[Sequence[Value]], targets: 
         batch = list(logits)  # type: ignore[arg-type]
         classes = list(targets)
         _check(batch, classes)
-    terms = []
-    for row, target in zip(batch, classes, strict=True):
-        if not 0 <= target < len(row):
-            raise ValueError(f"class index {target} is out of range for {len(row)} logits")
-        terms.append(-_log_softmax(row, target))
+    terms = [
+        _negative_log_softmax(row, _class_index(target, len(row)))
+        for row, target in zip(batch, classes, strict=True)
+    ]
     return terms[0] if len(terms) == 1 else _mean(terms)
 
 

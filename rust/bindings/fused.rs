@@ -1,4 +1,4 @@
-//! `gradrs.sum` and `gradrs.dot`: one node with n children instead of a chain of
+//! `gradrs.sum`, `gradrs.dot` and `gradrs.logsumexp`: one node with n children instead of a chain of
 //! n binary nodes, so a neuron costs one Python call and one node.
 
 use gradrs_engine::{Arena, NodeId, Op, ARENA};
@@ -141,4 +141,14 @@ pub fn dot(
         _ => {}
     }
     record_terms(py, Op::Dot, &all)
+}
+
+/// `log(exp(v0) + exp(v1) + ...)` as one node (`LogSumExp`), shifted by the largest value so
+/// it stays finite for any finite values; its gradient is the softmax of the values.
+#[pyfunction]
+pub fn logsumexp(py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let mut all = Vec::new();
+    let mut alive = Vec::new();
+    collect(values, "logsumexp() items", &mut all, &mut alive)?;
+    record_terms(py, Op::LogSumExp, &all)
 }

@@ -18,7 +18,7 @@ mod _core {
     };
 
     #[pymodule_export]
-    use crate::fused::{dot, sum};
+    use crate::fused::{dot, logsumexp, sum};
 
     #[pymodule_export]
     use crate::bulk::{leaves, ParamGroup};

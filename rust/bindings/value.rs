@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use gradrs_engine::op::Arity;
 use gradrs_engine::{Arena, EngineError, NodeId, Op, ARENA};
-use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
@@ -98,8 +98,7 @@ enum Operand {
     Number(f64),
 }
 
-/// `None` when `other` is neither a Value nor a real number, so the operator can
-/// return `NotImplemented` and let Python raise its usual TypeError.
+/// `None` when `other` is neither a Value nor a real number (see [`not_an_operand`]).
 fn operand(other: &Bound<'_, PyAny>) -> Option<Operand> {
     if let Ok(value) = other.cast_exact::<PyValue>() {
         return Some(Operand::Node(value.get().id));
@@ -113,6 +112,17 @@ fn operand(other: &Bound<'_, PyAny>) -> Option<Operand> {
     other.extract::<f64>().ok().map(Operand::Number)
 }
 
+/// What an operator returns for an `other` that [`operand`] refused: `NotImplemented`, so
+/// Python raises its usual TypeError, except for a number too large for a float
+/// (`10**400`), which is an OverflowError, as in `1.0 + 10**400`.
+#[cold]
+fn not_an_operand(other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    match other.extract::<f64>() {
+        Err(err) if err.is_instance_of::<PyOverflowError>(other.py()) => Err(err),
+        _ => Ok(other.py().NotImplemented()),
+    }
+}
+
 /// A real number from `obj`, or a TypeError naming what was given instead.
 pub(crate) fn real_number(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
     if let Ok(number) = obj.cast_exact::<PyFloat>() {
@@ -124,7 +134,7 @@ pub(crate) fn real_number(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
         )));
     }
     obj.extract::<f64>().map_err(|err| {
-        if err.is_instance_of::<pyo3::exceptions::PyOverflowError>(obj.py()) {
+        if err.is_instance_of::<PyOverflowError>(obj.py()) {
             return err;
         }
         PyTypeError::new_err(format!(
@@ -279,7 +289,7 @@ impl PyValue {
         match operand(other) {
             Some(Operand::Node(b)) => record(py, op, &[self.id, b]),
             Some(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
-            None => Ok(py.NotImplemented()),
+            None => not_an_operand(other),
         }
     }
 
@@ -289,7 +299,8 @@ impl PyValue {
         let py = other.py();
         match operand(other) {
             Some(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
-            Some(Operand::Node(_)) | None => Ok(py.NotImplemented()),
+            Some(Operand::Node(_)) => Ok(py.NotImplemented()),
+            None => not_an_operand(other),
         }
     }
 }
@@ -451,6 +462,14 @@ impl PyValue {
 
     fn sigmoid(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.unary(py, Op::Sigmoid)
+    }
+
+    /// log(1 + exp(x)) without overflow, as PyTorch's `softplus`: x itself above
+    /// `threshold` (PyTorch's 20); `threshold=math.inf` gives the exact value everywhere.
+    // The default is written out (op::SOFTPLUS_THRESHOLD) so that Python's signature shows it.
+    #[pyo3(signature = (threshold = 20.0))]
+    fn softplus(&self, py: Python<'_>, threshold: f64) -> PyResult<Py<PyAny>> {
+        self.unary(py, Op::Softplus(threshold))
     }
 
     /// One step of the chain rule, as micrograd's `_backward`: adds this Value's `grad` times

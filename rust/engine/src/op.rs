@@ -42,8 +42,14 @@ pub enum Op {
     Exp,
     Log,
     Sigmoid,
+    /// `log(1 + exp(a))`, or `a` itself above the threshold, as PyTorch's `softplus`
+    /// (beta 1; its default threshold is 20, and an infinite one gives the exact value).
+    Softplus(f64),
     /// The sum of any number of children, in order.
     Sum,
+    /// `log(exp(x0) + exp(x1) + ...)` over any number of children, shifted by
+    /// their largest value so that no `exp` overflows.
+    LogSumExp,
     /// `bias + w0*x0 + w1*x1 + ...` over children `[w0.., x0.., bias?]`:
     /// the first half are weights, the second half inputs, and an odd
     /// child count means the last child is a bias added first, as micrograd's
@@ -61,7 +67,7 @@ pub enum Arity {
     Zero,
     One,
     Two,
-    /// Any number (`Sum`, `Dot`).
+    /// Any number (`Sum`, `LogSumExp`, `Dot`).
     Many,
 }
 
@@ -82,8 +88,9 @@ impl Op {
             | Op::Tanh
             | Op::Exp
             | Op::Log
-            | Op::Sigmoid => Arity::One,
-            Op::Sum | Op::Dot | Op::Recorded => Arity::Many,
+            | Op::Sigmoid
+            | Op::Softplus(_) => Arity::One,
+            Op::Sum | Op::LogSumExp | Op::Dot | Op::Recorded => Arity::Many,
         }
     }
 
@@ -123,7 +130,9 @@ impl Op {
             Op::Exp => x[0].exp(),
             Op::Log => x[0].ln(),
             Op::Sigmoid => sigmoid(x[0]),
+            Op::Softplus(t) => softplus(x[0], *t),
             Op::Sum => x.iter().fold(0.0, |acc, v| acc + v),
+            Op::LogSumExp => logsumexp(x),
             Op::Dot => {
                 let (w, xs, bias) = split_dot(x);
                 w.iter().zip(xs).fold(bias, |acc, (w, x)| acc + w * x)
@@ -142,9 +151,11 @@ impl Op {
             Op::Add => 1.0,
             Op::Sub => [1.0, -1.0][i],
             Op::Mul => x[1 - i],
+            // -x/y² taken as -(x/y)/y, PyTorch's `div_tensor_other_backward`: x/y² in
+            // either order can overflow or underflow where the derivative is finite.
             Op::Div => match i {
                 0 => 1.0 / x[1],
-                _ => -x[0] / (x[1] * x[1]),
+                _ => -out / x[1],
             },
             Op::Pow => match i {
                 0 => pow_base_grad(x[0], x[1]),
@@ -155,7 +166,8 @@ impl Op {
             Op::MulScalar(c) => *c,
             Op::ScalarSub(_) => -1.0,
             Op::DivScalar(c) => 1.0 / c,
-            Op::ScalarDiv(c) => -c / (x[0] * x[0]),
+            // -c/a² as -(c/a)/a, as for `Div`'s divisor.
+            Op::ScalarDiv(_) => -out / x[0],
             Op::PowScalar(e) => pow_base_grad(x[0], *e),
             Op::ScalarPow(c) => pow_exponent_grad(*c, x[0], out),
             // nan passes the gradient through, as PyTorch's threshold_backward does.
@@ -170,7 +182,10 @@ impl Op {
             Op::Exp => out,
             Op::Log => 1.0 / x[0],
             Op::Sigmoid => out * (1.0 - out),
+            Op::Softplus(t) => softplus_grad(x[0], *t),
             Op::Sum => 1.0,
+            // The softmax, exp(x_i - out): out >= every x_i, so it never overflows.
+            Op::LogSumExp => (x[i] - out).exp(),
             Op::Dot => {
                 let n = x.len() / 2;
                 if i == 2 * n {
@@ -204,6 +219,8 @@ impl Op {
             Op::Exp => "exp".into(),
             Op::Log => "log".into(),
             Op::Sigmoid => "sigmoid".into(),
+            Op::Softplus(_) => "softplus".into(),
+            Op::LogSumExp => "logsumexp".into(),
         }
     }
 
@@ -230,7 +247,10 @@ impl Op {
             Op::Exp => "exp".into(),
             Op::Log => "log".into(),
             Op::Sigmoid => "sigmoid".into(),
+            Op::Softplus(t) if *t == SOFTPLUS_THRESHOLD => "softplus".into(),
+            Op::Softplus(t) => format!("softplus threshold={}", format_number(*t)),
             Op::Sum => "sum".into(),
+            Op::LogSumExp => "logsumexp".into(),
             Op::Dot => "dot".into(),
             Op::Recorded => "compiled".into(),
         }
@@ -255,6 +275,49 @@ fn sigmoid(a: f64) -> f64 {
         let e = a.exp();
         e / (1.0 + e)
     }
+}
+
+/// PyTorch's default `softplus` threshold, above which it returns its input.
+pub const SOFTPLUS_THRESHOLD: f64 = 20.0;
+
+/// `log(1 + exp(a))`, or `a` above `threshold` (where, past 20, the two differ by less
+/// than 2.1e-9). Up to 20 it is PyTorch's `log1p(exp(a))`, where exp cannot overflow;
+/// past 20 (only with a higher threshold) `a + log1p(exp(-a))`, which cannot either.
+// Kept out of line: inlined into `forward`/`local_grad`, which are inlined into every
+// op's hot path, it would make the common ops a little slower.
+#[inline(never)]
+fn softplus(a: f64, threshold: f64) -> f64 {
+    if a > threshold {
+        a
+    } else if a <= SOFTPLUS_THRESHOLD {
+        a.exp().ln_1p()
+    } else {
+        a + (-a).exp().ln_1p()
+    }
+}
+
+/// The sigmoid, 1 above the threshold. Up to 20 it is `z/(z+1)` with `z = exp(a)`, as
+/// PyTorch's `softplus_backward`; past 20, `1/(1+exp(-a))`, as `z` could overflow.
+#[inline(never)]
+fn softplus_grad(a: f64, threshold: f64) -> f64 {
+    if a > threshold {
+        1.0
+    } else if a <= SOFTPLUS_THRESHOLD {
+        let z = a.exp();
+        z / (z + 1.0)
+    } else {
+        1.0 / (1.0 + (-a).exp())
+    }
+}
+
+/// `log(sum(exp(x_i - m))) + m` with `m` the largest `x_i`, as `torch.logsumexp`: an
+/// infinite `m` shifts by 0 instead (so all `-inf` give `-inf` and any `inf` gives `inf`,
+/// not nan), a nan anywhere gives nan, and no children give `log(0) = -inf`.
+#[inline(never)]
+fn logsumexp(x: &[f64]) -> f64 {
+    let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let shift = if m.is_infinite() { 0.0 } else { m };
+    x.iter().fold(0.0, |acc, v| acc + (v - shift).exp()).ln() + shift
 }
 
 /// ∂(a^e)/∂a. PyTorch defines it as 0 when the exponent is 0 (the naive
@@ -349,6 +412,14 @@ mod tests {
             (Op::Log, vec![0.4]),
             (Op::Sigmoid, vec![0.4]),
             (Op::Sigmoid, vec![-2.4]),
+            (Op::Softplus(20.0), vec![0.4]),
+            (Op::Softplus(20.0), vec![-3.1]),
+            (Op::Softplus(20.0), vec![19.0]),
+            (Op::Softplus(f64::INFINITY), vec![25.0]),
+            (Op::Softplus(f64::INFINITY), vec![-0.4]),
+            (Op::LogSumExp, vec![0.4, -1.0, 2.0, 0.5]),
+            (Op::LogSumExp, vec![700.0, 699.0]),
+            (Op::LogSumExp, vec![0.3]),
             (Op::Sum, vec![0.4, -1.0, 2.0, 0.5]),
             (Op::Dot, vec![0.4, -1.0, 2.0, 0.5]),
             (Op::Dot, vec![0.4, -1.0, 2.0, 0.5, 0.25]),
@@ -396,6 +467,62 @@ mod tests {
     }
 
     #[test]
+    fn divisor_gradients_do_not_overflow_needlessly() {
+        // -x/y² = -1e100, though y² underflows to 0.
+        let x = [1e-300, 1e-200];
+        assert_eq!(Op::Div.local_grad(&x, Op::Div.forward(&x), 1), -1e100);
+        let c = Op::ScalarDiv(1e-300);
+        assert_eq!(c.local_grad(&[1e-200], c.forward(&[1e-200]), 0), -1e100);
+        // and x/y² = -1e-100 though y² overflows.
+        let x = [1e200, 1e200];
+        assert_eq!(Op::Div.local_grad(&x, Op::Div.forward(&x), 1), -1e-200);
+    }
+
+    #[test]
+    fn softplus_follows_pytorchs_threshold() {
+        let sp = Op::Softplus(SOFTPLUS_THRESHOLD);
+        assert_eq!(sp.forward(&[20.5]), 20.5);
+        assert_eq!(sp.local_grad(&[20.5], 20.5, 0), 1.0);
+        assert_eq!(sp.forward(&[20.0]), 20.0f64.exp().ln_1p());
+        assert!(sp.local_grad(&[20.0], 20.0, 0) < 1.0);
+        assert_eq!(sp.forward(&[800.0]), 800.0);
+        assert_eq!(sp.forward(&[-800.0]), 0.0);
+        assert_eq!(sp.local_grad(&[-800.0], 0.0, 0), 0.0);
+        assert_eq!(sp.forward(&[f64::INFINITY]), f64::INFINITY);
+        assert_eq!(sp.forward(&[f64::NEG_INFINITY]), 0.0);
+        assert!(sp.forward(&[f64::NAN]).is_nan());
+        assert!(sp.local_grad(&[f64::NAN], f64::NAN, 0).is_nan());
+        // Without the threshold: the exact value, finite for any finite input.
+        let exact = Op::Softplus(f64::INFINITY);
+        assert_eq!(exact.forward(&[30.0]), 30.0 + (-30.0f64).exp());
+        assert_eq!(exact.local_grad(&[30.0], 30.0, 0), 1.0 / (1.0 + (-30.0f64).exp()));
+        assert_eq!(exact.forward(&[800.0]), 800.0);
+        assert_eq!(exact.local_grad(&[800.0], 800.0, 0), 1.0);
+        assert_eq!(exact.forward(&[f64::INFINITY]), f64::INFINITY);
+        assert_eq!(exact.describe(), "softplus threshold=inf");
+    }
+
+    #[test]
+    fn logsumexp_handles_infinities_and_nan_as_torch() {
+        let lse = Op::LogSumExp;
+        assert_eq!(lse.forward(&[1000.0, 0.0]), 1000.0);
+        assert_eq!(lse.local_grad(&[1000.0, 0.0], 1000.0, 0), 1.0);
+        assert_eq!(lse.local_grad(&[1000.0, 0.0], 1000.0, 1), 0.0);
+        let both = -1000.0 + 2f64.ln();
+        assert_eq!(lse.forward(&[-1000.0, -1000.0]), both);
+        assert!((lse.local_grad(&[-1000.0, -1000.0], both, 0) - 0.5).abs() < 1e-13);
+        let ninf = f64::NEG_INFINITY;
+        assert_eq!(lse.forward(&[ninf, ninf]), ninf);
+        assert!(lse.local_grad(&[ninf, ninf], ninf, 0).is_nan());
+        assert_eq!(lse.forward(&[f64::INFINITY, 1.0]), f64::INFINITY);
+        assert_eq!(lse.forward(&[f64::INFINITY, ninf]), f64::INFINITY);
+        assert!(lse.forward(&[f64::NAN, 1.0]).is_nan());
+        assert!(lse.forward(&[f64::INFINITY, f64::NAN]).is_nan());
+        assert_eq!(lse.forward(&[]), ninf);
+        assert!(lse.accepts(0));
+    }
+
+    #[test]
     fn dot_sums_in_micrograds_order() {
         // bias first, then each product in turn: ((b + w0x0) + w1x1)
         let x = [0.1, 0.2, 0.3, 0.4, 0.5];
@@ -412,6 +539,9 @@ mod tests {
         assert_eq!(Op::Relu.symbol(), "ReLU");
         assert_eq!(Op::Leaf.symbol(), "");
         assert_eq!(Op::Dot.symbol(), "+");
+        assert_eq!(Op::Softplus(20.0).symbol(), "softplus");
+        assert_eq!(Op::Softplus(20.0).describe(), "softplus");
+        assert_eq!(Op::LogSumExp.describe(), "logsumexp");
     }
 
     #[test]
