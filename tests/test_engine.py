@@ -102,7 +102,7 @@ def test_prev_yields_children_that_hash_by_node():
     assert len((a * a)._prev) == 1
     # the same Python object for a node while one is alive
     first = next(iter((a + c)._prev - {a}))
-    assert any(child is first for child in (c + 1)._prev) or first == c
+    assert first == c and any(child is first for child in (c + 1)._prev)
 
 
 def test_lecture_draw_dot_trace_sees_each_node_once():

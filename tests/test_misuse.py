@@ -74,7 +74,7 @@ MISUSE = [
         "ParamGroup of floats",
         lambda: gradrs.ParamGroup([1.0]),
         TypeError,
-        "ParamGroup takes Values; item 0 is float",
+        "ParamGroup items must be Values; item 0 is float",
     ),
     (
         "neuron fed too many inputs",

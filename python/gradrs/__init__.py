@@ -14,7 +14,7 @@ from gradrs._core import (
     _live_nodes,
     dot,
     is_grad_enabled,
-    sum,
+    sum,  # noqa: F401  (gradrs.sum, kept out of __all__)
 )
 from gradrs.anomaly import detect_anomaly, is_anomaly_enabled
 from gradrs.bulk import data_of, grad_of, leaves
@@ -28,7 +28,6 @@ __all__ = [
     "ParamGroup",
     "Value",
     "__version__",
-    "compile",
     "data_of",
     "datasets",
     "detect_anomaly",
@@ -44,8 +43,8 @@ __all__ = [
     "nn",
     "no_grad",
     "optim",
-    "sum",
 ]
+# `sum` and `compile` stay out of __all__: `from gradrs import *` must not replace the builtins.
 
 
 def __getattr__(name: str) -> object:
