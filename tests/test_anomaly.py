@@ -51,23 +51,30 @@ def test_restores_the_previous_state_and_works_as_decorator():
     assert math.isnan(Value(-1.0).log().data)
 
 
-def test_costs_nothing_outside():
+def test_the_checks_cost_only_inside():
+    """The same work timed outside and inside ``detect_anomaly()``, interleaved, best of many.
+
+    Inside, every op's result is checked, which shows in the time (about 1.2x here); outside,
+    nothing is checked, so it is measurably faster. Checks that ran regardless of the mode, or a
+    mode left on after the block, would make the two equal and fail this. Inside stays within a
+    small factor, so the mode remains usable for debugging.
+    """
+
     def work():
         x = Value(0.5)
-        for _ in range(20_000):
+        for _ in range(5_000):
             x = (x * 1.0001).tanh() + 0.0001
         x.backward()
 
-    def best(n=5):
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+    def timed():
+        t0 = time.perf_counter()
+        work()
+        return time.perf_counter() - t0
 
-    before = best()
-    with detect_anomaly():
-        pass
-    after = best()
-    assert after < 1.5 * before, (before, after)
+    outside, inside = [], []
+    for _ in range(15):
+        outside.append(timed())
+        with detect_anomaly():
+            inside.append(timed())
+    ratio = min(inside) / min(outside)
+    assert 1.06 < ratio < 4.0, (min(outside), min(inside))

@@ -19,7 +19,7 @@ fn activation(name: &str) -> PyResult<Option<Op>> {
         "sigmoid" => Ok(Some(Op::Sigmoid)),
         "linear" => Ok(None),
         other => Err(PyValueError::new_err(format!(
-            "unknown activation {other:?}; choose relu, tanh, sigmoid or linear"
+            "unknown activation '{other}'; choose relu, tanh, sigmoid or linear"
         ))),
     }
 }
