@@ -69,7 +69,8 @@ pub fn _dense<'py>(
     // the ones the neurons hold when the nodes are made.
     let mut xs = Held::new();
     let nin = xs.terms(inputs, "layer input")?;
-    let mut params: Held<'py, NodeId> = Held::new();
+    let rows = weights.len().unwrap_or(0);
+    let mut params: Held<'py, NodeId> = Held::with_capacity(rows + 1, rows * (nin + 1));
     let mut nout = 0;
     for row in weights.try_iter()? {
         let got = params.values(&row?, "layer weights")?;

@@ -43,9 +43,15 @@ pub(crate) struct Held<'py, T> {
 
 impl<'py, T> Held<'py, T> {
     pub(crate) fn new() -> Self {
+        Self::with_capacity(0, 0)
+    }
+
+    /// Room for `iterables` iterables of `items` items in all, so a layer's weights are read
+    /// without reallocating.
+    pub(crate) fn with_capacity(iterables: usize, items: usize) -> Self {
         Held {
-            items: Vec::new(),
-            read: Vec::new(),
+            items: Vec::with_capacity(iterables),
+            read: Vec::with_capacity(items),
         }
     }
 
