@@ -143,3 +143,18 @@ def test_a_npy_file_a_directory_and_other_files_get_clear_messages(tmp_path):
         model.load(tmp_path / "text.npz")
     with pytest.raises(FileNotFoundError):
         model.load(tmp_path / "missing")
+
+
+def test_a_corrupt_member_is_a_value_error_naming_it(tmp_path):
+    model = nn.MLP(2, [1])
+    path = tmp_path / "model.npz"
+    model.save(path)
+    name = model.named_parameters()[0][0]
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{name}.npy")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 20 : start + 28] = b"\xff" * 8  # inside the header: the CRC no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"entry '{name}' of .*(cannot be read|not a readable array)"):
+        model.load(path)

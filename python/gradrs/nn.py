@@ -127,6 +127,7 @@ def _read_npz(path: Path, names: set[str], strict: bool) -> dict[str, float]:
     """The scalar float entries of the ``.npz`` file at ``path`` named in ``names``."""
     import io
     import zipfile
+    import zlib
 
     import numpy as np
 
@@ -149,9 +150,12 @@ def _read_npz(path: Path, names: set[str], strict: bool) -> dict[str, float]:
                         f"unexpected entry {info.filename!r} in {path}: the model has no such parameter"
                     )
                 continue
-            with archive.open(info) as member:
-                # The header and one number fit in this; a crafted header cannot make it read more.
-                raw = member.read(_NPY_PREFIX)
+            try:
+                with archive.open(info) as member:
+                    # The header and one number fit in this; a crafted header cannot make it read more.
+                    raw = member.read(_NPY_PREFIX)
+            except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as error:
+                raise ValueError(f"entry {name!r} of {path} cannot be read: {error}") from None
             head = io.BytesIO(raw)
             try:
                 version = np.lib.format.read_magic(head)
@@ -191,8 +195,8 @@ def _activation(nonlin: bool, activation: str | None) -> str:
 
 
 class _LayerCache:
-    """Unused: a name that pickles made by gradrs before 0.2 refer to (layers then kept a cache
-    of their fused form). ``Neuron.__setstate__`` and ``Layer.__setstate__`` drop it."""
+    """Unused: a name that pickles made by earlier builds refer to (layers then kept a cache of
+    their fused form). ``Neuron.__setstate__`` and ``Layer.__setstate__`` drop it."""
 
     def __setstate__(self, state: Any) -> None:
         pass
