@@ -72,7 +72,7 @@ def test_the_checks_cost_only_inside():
         return time.perf_counter() - t0
 
     outside, inside = [], []
-    for _ in range(15):
+    for _ in range(31):  # the best of many stays steady even on a busy machine
         outside.append(timed())
         with detect_anomaly():
             inside.append(timed())
