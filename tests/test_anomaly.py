@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+import gradrs
 from gradrs import AnomalyError, Value, detect_anomaly
 
 
@@ -51,23 +52,32 @@ def test_restores_the_previous_state_and_works_as_decorator():
     assert math.isnan(Value(-1.0).log().data)
 
 
-def test_costs_nothing_outside():
+def test_the_checks_run_only_inside_and_stay_affordable():
+    """Inside ``detect_anomaly()`` every op is checked; outside, none is, and the mode ends with
+    the block. Timed inside against outside (interleaved, best of many), the checks stay within
+    a small factor, so the mode remains usable for debugging. (A lower bound on the ratio would
+    only measure the machine's noise; the behaviour is checked directly instead.)"""
+
     def work():
         x = Value(0.5)
-        for _ in range(20_000):
+        for _ in range(5_000):
             x = (x * 1.0001).tanh() + 0.0001
         x.backward()
 
-    def best(n=5):
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+    def timed():
+        t0 = time.perf_counter()
+        work()
+        return time.perf_counter() - t0
 
-    before = best()
-    with detect_anomaly():
-        pass
-    after = best()
-    assert after < 1.5 * before, (before, after)
+    outside, inside = [], []
+    for _ in range(31):  # the best of many stays steady even on a busy machine
+        outside.append(timed())
+        with detect_anomaly():
+            assert gradrs.is_anomaly_enabled()
+            inside.append(timed())
+            with pytest.raises(AnomalyError):
+                Value(-1.0).log()  # nan from a finite input: checked inside
+        assert not gradrs.is_anomaly_enabled()
+        assert math.isnan(Value(-1.0).log().data)  # not checked outside
+    ratio = min(inside) / min(outside)
+    assert ratio < 4.0, (min(outside), min(inside))

@@ -102,7 +102,7 @@ def test_prev_yields_children_that_hash_by_node():
     assert len((a * a)._prev) == 1
     # the same Python object for a node while one is alive
     first = next(iter((a + c)._prev - {a}))
-    assert any(child is first for child in (c + 1)._prev) or first == c
+    assert first == c and any(child is first for child in (c + 1)._prev)
 
 
 def test_lecture_draw_dot_trace_sees_each_node_once():
@@ -169,3 +169,15 @@ def test_value_exponent_and_reflected_pow_have_gradients():
     y = 2**x
     y.backward()
     assert y.data == 8.0 and x.grad == pytest.approx(8.0 * math.log(2.0), rel=1e-12)
+
+
+def test_star_import_keeps_the_builtins_sum_and_compile():
+    import builtins
+
+    namespace: dict = {}
+    exec("from gradrs import *", namespace)
+    assert eval("sum([1, 2, 3])", namespace) == 6
+    assert eval("compile", namespace) is builtins.compile
+    assert "Value" in namespace and "nn" in namespace
+    assert all(hasattr(gradrs, name) for name in gradrs.__all__)
+    assert gradrs.sum([Value(1.0), 2.0]).data == 3.0 and callable(gradrs.compile)

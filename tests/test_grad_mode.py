@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 import gradrs
 from gradrs import Value, no_grad
 
@@ -61,3 +63,66 @@ def test_grad_mode_is_per_thread():
     done.set()
     t.join()
     assert seen == {"main": True, "prev": 1}
+
+
+def test_no_grad_on_a_generator_covers_its_body_across_yields():
+    seen = []
+
+    @no_grad()
+    def doubled(values):
+        """Doubles each value."""
+        for v in values:
+            seen.append(gradrs.is_grad_enabled())
+            received = yield v * 2
+            seen.append(gradrs.is_grad_enabled())
+            if received is not None:
+                yield received * 3
+        return "done"
+
+    assert doubled.__doc__ == "Doubles each value."
+    xs = [Value(1.0), Value(2.0)]
+    outs = []
+    for out in doubled(xs):
+        assert gradrs.is_grad_enabled()  # the caller's own code, between yields, records
+        assert (out * 1.0)._prev != set()
+        outs.append(out)
+    assert [o.data for o in outs] == [2.0, 4.0] and all(o._prev == set() for o in outs)
+    assert seen == [False] * 4
+
+    gen = doubled(xs)
+    assert next(gen).data == 2.0
+    assert gen.send(Value(5.0)).data == 15.0  # send() reaches the body, still without grad
+    assert next(gen).data == 4.0
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    assert stop.value.value == "done"
+    assert gradrs.is_grad_enabled()
+
+
+def test_no_grad_generator_throw_and_close_run_inside_the_mode():
+    events = []
+
+    @no_grad()
+    def guarded():
+        try:
+            yield 1
+        except KeyError:
+            events.append(("caught", gradrs.is_grad_enabled()))
+            yield 2
+        finally:
+            events.append(("finally", gradrs.is_grad_enabled()))
+
+    gen = guarded()
+    assert next(gen) == 1
+    assert gen.throw(KeyError) == 2
+    gen.close()
+    assert events == [("caught", False), ("finally", False)]
+    assert gradrs.is_grad_enabled()
+
+    @gradrs.enable_grad()
+    def recording():
+        yield gradrs.is_grad_enabled()
+
+    with no_grad():
+        assert list(recording()) == [True]
+        assert not gradrs.is_grad_enabled()

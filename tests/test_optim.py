@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+import random
+import warnings
+
 import numpy as np
 import pytest
 
-from gradrs import Value, optim
+from gradrs import ParamGroup, Value, nn, optim
 
 
 def run(opt_factory, grads_per_step):
@@ -86,3 +91,73 @@ def test_invalid_settings_are_refused():
         optim.SGD([Value(1.0)], lr=-1)
     with pytest.raises(ValueError, match="betas"):
         optim.Adam([Value(1.0)], betas=(1.0, 0.9))
+
+
+CHECKPOINTS = [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+    lambda ps: optim.Adam(ps, lr=0.05),
+    lambda ps: optim.AdamW(ps, lr=0.05, weight_decay=0.1),
+]
+
+
+def train(model, opt, steps, x):
+    for _ in range(steps):
+        loss = (model(x) - 1.0) ** 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def state_equal(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        if isinstance(sa[key], np.ndarray):
+            np.testing.assert_array_equal(sa[key], sb[key])
+        else:
+            assert sa[key] == sb[key], key
+
+
+@pytest.mark.parametrize(
+    "clone", [copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))], ids=["deepcopy", "pickle"]
+)
+@pytest.mark.parametrize("make", CHECKPOINTS, ids=["SGD", "Adam", "AdamW"])
+def test_a_checkpoint_of_model_and_optimiser_trains_on_as_the_original(make, clone):
+    random.seed(0)
+    model = nn.MLP(2, [4, 1])
+    opt = make(model.parameters())
+    x = [0.5, -1.0]
+    train(model, opt, 3, x)
+    twin_model, twin_opt = clone((model, opt))
+    state_equal(opt, twin_opt)
+    assert any(np.any(v != 0) for v in twin_opt.state_dict().values() if isinstance(v, np.ndarray))
+    # The copy's optimiser updates the copy's model, and only it.
+    assert all(p is q for p, q in zip(twin_opt.params, twin_model.parameters(), strict=True))
+    train(model, opt, 4, x)
+    frozen = twin_model.parameters_data()
+    assert not np.array_equal(frozen, model.parameters_data())
+    train(twin_model, twin_opt, 4, x)
+    np.testing.assert_array_equal(twin_model.parameters_data(), model.parameters_data())
+    state_equal(opt, twin_opt)
+
+
+def test_an_optimiser_copied_alone_updates_copies_of_the_parameters():
+    ps = [Value(1.0), Value(2.0)]
+    opt = optim.SGD(ps, lr=0.5)
+    twin = copy.deepcopy(opt)
+    for p in twin.params:
+        p.grad = 1.0
+    twin.step()
+    assert [p.data for p in twin.params] == [0.5, 1.5] and [p.data for p in ps] == [1.0, 2.0]
+
+
+def test_a_parameter_given_twice_warns_as_torch_does():
+    w = Value(1.0)
+    with pytest.warns(UserWarning, match="optimizer contains a parameter group with duplicate parameters"):
+        optim.SGD([w, Value(2.0), w])
+    same_node = ParamGroup([w]).values()[0]  # another handle to w's node
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        optim.Adam([w, same_node])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optim.AdamW([w, Value(1.0)])  # equal data, different parameters: no warning

@@ -16,7 +16,7 @@ from gradrs._core import (
     dot,
     is_grad_enabled,
     logsumexp,
-    sum,
+    sum,  # noqa: F401  (gradrs.sum, kept out of __all__)
 )
 from gradrs.anomaly import detect_anomaly, is_anomaly_enabled
 from gradrs.bulk import data_of, grad_of, leaves
@@ -31,7 +31,6 @@ __all__ = [
     "TraceError",
     "Value",
     "__version__",
-    "compile",
     "data_of",
     "datasets",
     "detect_anomaly",
@@ -48,8 +47,8 @@ __all__ = [
     "nn",
     "no_grad",
     "optim",
-    "sum",
 ]
+# `sum` and `compile` stay out of __all__: `from gradrs import *` must not replace the builtins.
 
 
 def __getattr__(name: str) -> object:

@@ -10,7 +10,6 @@ _Number: TypeAlias = SupportsFloat | SupportsIndex
 
 __all__ = [
     "AnomalyError",
-    "Dense",
     "ParamGroup",
     "Program",
     "Value",
@@ -26,6 +25,7 @@ __all__ = [
     "logsumexp",
     "sum",
     "leaves",
+    "_dense",
     "__version__",
 ]
 
@@ -107,6 +107,12 @@ def _live_nodes() -> int: ...
 def _capacity() -> int: ...
 def _restore_value(data: float, grad: float = 0.0, label: str = ...) -> Value: ...
 def leaves(array: npt.NDArray[np.float64]) -> list[Value]: ...
+def _dense(
+    weights: Iterable[Iterable[Value]],
+    biases: Iterable[Value],
+    activations: str | Iterable[str],
+    inputs: Iterable[Value | _Number],
+) -> list[Value]: ...
 
 @final
 class ParamGroup:
@@ -140,19 +146,6 @@ class ParamGroup:
         m: npt.NDArray[np.float64],
         v: npt.NDArray[np.float64],
     ) -> None: ...
-
-@final
-class Dense:
-    """A layer of neurons evaluated in one call: ``act(W x + b)``, one Dot node per neuron."""
-
-    def __new__(
-        cls, weights: Iterable[Iterable[Value]], biases: Iterable[Value], activation_name: str
-    ) -> Dense: ...
-    def __call__(self, inputs: Iterable[Value | _Number]) -> list[Value]: ...
-    @property
-    def nin(self) -> int: ...
-    @property
-    def nout(self) -> int: ...
 
 @final
 class Program:

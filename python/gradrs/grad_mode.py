@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,10 +24,42 @@ class _GradMode:
         _set_grad_enabled(self._previous)
 
     def __call__(self, fn: F) -> F:
+        if inspect.isgeneratorfunction(fn):
+            return self._wrap_generator(fn)
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with type(self)():
                 return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    def _wrap_generator(self, fn: F) -> F:
+        """The mode holds while the generator's body runs, from each resumption to its next
+        yield, and not in the caller between them (as in PyTorch)."""
+        mode = type(self)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with mode():
+                gen = fn(*args, **kwargs)
+            resume: Callable[[], Any] = functools.partial(gen.send, None)
+            while True:
+                try:
+                    with mode():
+                        item = resume()
+                except StopIteration as stop:
+                    return stop.value
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    with mode():
+                        gen.close()
+                    raise
+                except BaseException as error:  # thrown in by the caller: on into the body
+                    resume = functools.partial(gen.throw, error)
+                else:
+                    resume = functools.partial(gen.send, sent)
 
         return wrapper  # type: ignore[return-value]
 

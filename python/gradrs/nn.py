@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradrs._core import Dense, ParamGroup, Value, dot
+from gradrs._core import ParamGroup, Value, _dense, dot
 
 if TYPE_CHECKING:
     import numpy as np
@@ -109,14 +109,81 @@ class Module:
         np.savez(path, **{name: np.float64(p.data) for name, p in self.named_parameters()})
 
     def load(self, path: str | Path, strict: bool = True) -> None:
-        """Reads parameters written by ``save()`` (given the same path: numpy adds ``.npz``)."""
-        import numpy as np
+        """Reads parameters written by ``save()`` (given the same path: numpy adds ``.npz``).
 
+        The file may be untrusted: every entry's name, dtype and shape are checked from its
+        header before any data is read, and anything but one float per parameter name is a
+        ValueError naming the entry (unexpected names only with ``strict``; without it they
+        are skipped).
+        """
         path = Path(path)
         if not path.exists() and path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        with np.load(path) as archive:
-            self.load_state_dict({name: float(archive[name]) for name in archive.files}, strict=strict)
+        named = {name for name, _ in self.named_parameters()}
+        self.load_state_dict(_read_npz(path, named, strict), strict=strict)
+
+
+def _read_npz(path: Path, names: set[str], strict: bool) -> dict[str, float]:
+    """The scalar float entries of the ``.npz`` file at ``path`` named in ``names``."""
+    import io
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; load() reads the .npz file that save() writes")
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        with open(path, "rb") as file:
+            npy = file.read(6) == b"\x93NUMPY"
+        kind = "a .npy file (one array)" if npy else "not a .npz file"
+        raise ValueError(f"{path} is {kind}; load() reads the .npz file that save() writes") from None
+    heads = {}
+    with archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            if name not in names or not info.filename.endswith(".npy"):
+                if strict:
+                    raise ValueError(
+                        f"unexpected entry {info.filename!r} in {path}: the model has no such parameter"
+                    )
+                continue
+            try:
+                with archive.open(info) as member:
+                    # The header and one number fit in this; a crafted header cannot make it read more.
+                    raw = member.read(_NPY_PREFIX)
+            except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as error:
+                raise ValueError(f"entry {name!r} of {path} cannot be read: {error}") from None
+            head = io.BytesIO(raw)
+            try:
+                version = np.lib.format.read_magic(head)
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
+                if read_header is None:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                shape, _, dtype = read_header(head)
+            except ValueError as error:
+                raise ValueError(f"entry {name!r} of {path} is not a readable array: {error}") from None
+            if dtype.kind != "f":
+                raise ValueError(f"entry {name!r} of {path} has dtype {dtype}; a parameter is a float")
+            if shape != ():
+                raise ValueError(f"entry {name!r} of {path} has shape {shape}; a parameter is a scalar")
+            heads[name] = raw
+    values = {}
+    for name, raw in heads.items():
+        try:
+            values[name] = float(np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False))
+        except ValueError as error:
+            raise ValueError(f"entry {name!r} of {path} is not a readable array: {error}") from None
+    return values
+
+
+# Enough for any .npy header numpy writes for a scalar (a few hundred bytes) and its data.
+_NPY_PREFIX = 1 << 16
 
 
 def _activation(nonlin: bool, activation: str | None) -> str:
@@ -128,107 +195,30 @@ def _activation(nonlin: bool, activation: str | None) -> str:
 
 
 class _LayerCache:
-    """The compiled form of a layer (a ``Dense``) and its parameter list, dropped whenever its
-    parameters change. The list is only trusted while ``dense`` is set: building ``dense`` is
-    what makes every neuron report its changes here."""
+    """Unused: a name that pickles made by earlier builds refer to (layers then kept a cache of
+    their fused form). ``Neuron.__setstate__`` and ``Layer.__setstate__`` drop it."""
 
-    __slots__ = ("dense", "params")
-
-    def __init__(self) -> None:
-        self.dense: Dense | None = None
-        self.params: list[Value] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}  # copies and pickles rebuild it from their own Values
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.dense = None
-        self.params = None
+    def __setstate__(self, state: Any) -> None:
+        pass
 
 
-class _WatchedList(list):  # type: ignore[type-arg]
-    """A list (of weights, or of neurons) that drops its layer's cache when it changes."""
+# Attributes of Neurons and Layers pickled by earlier versions, and what became of them.
+_RENAMED = {"_w": "w", "_b": "b", "_neurons": "neurons"}
+_DROPPED = ("_cache", "_act", "nonlin", "activation")
 
-    _cache: _LayerCache | None = None
 
-    def _changed(self) -> None:
-        if self._cache is not None:
-            self._cache.dense = None
-
-    def __setitem__(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().__setitem__(*args, **kwargs)
-        self._changed()
-        return result
-
-    def __delitem__(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().__delitem__(*args, **kwargs)
-        self._changed()
-        return result
-
-    def append(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().append(*args, **kwargs)
-        self._changed()
-        return result
-
-    def extend(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().extend(*args, **kwargs)
-        self._changed()
-        return result
-
-    def insert(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().insert(*args, **kwargs)
-        self._changed()
-        return result
-
-    def pop(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().pop(*args, **kwargs)
-        self._changed()
-        return result
-
-    def remove(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().remove(*args, **kwargs)
-        self._changed()
-        return result
-
-    def clear(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().clear(*args, **kwargs)
-        self._changed()
-        return result
-
-    def reverse(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().reverse(*args, **kwargs)
-        self._changed()
-        return result
-
-    def sort(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().sort(*args, **kwargs)
-        self._changed()
-        return result
-
-    def __iadd__(self, other: Any) -> Any:
-        result = super().__iadd__(other)
-        self._changed()
-        return result
-
-    def __imul__(self, n: Any) -> Any:
-        result = super().__imul__(n)
-        self._changed()
-        return result
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        return (list, (list(self),))  # copies are plain lists; their owner watches them again
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
-        import copy
-
-        return [copy.deepcopy(item, memo) for item in self]
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """The state of a Neuron or Layer pickled by any version, as this one keeps it."""
+    upgraded = {_RENAMED.get(k, k): v for k, v in state.items() if k not in _DROPPED}
+    if "activation" in state and "_activation" not in state:  # pickled before it was checked on setting
+        upgraded["_activation"] = state["activation"]
+    return upgraded
 
 
 class Neuron(Module):
     """``act(w · x + b)`` with ``nin`` weights drawn from ``random.uniform(-1, 1)`` and ``b = 0``."""
 
     def __init__(self, nin: int, nonlin: bool = True, activation: str | None = None) -> None:
-        self._cache = _LayerCache()
         self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
         self.b = Value(0)
         self.activation = _activation(nonlin, activation)
@@ -241,7 +231,6 @@ class Neuron(Module):
     @activation.setter
     def activation(self, name: str) -> None:
         self._activation = _activation(True, name)
-        self._cache.dense = None
 
     @property
     def nonlin(self) -> bool:
@@ -253,37 +242,10 @@ class Neuron(Module):
         if bool(nonlin) != self.nonlin:
             self.activation = "relu" if nonlin else "linear"
 
-    @property
-    def w(self) -> list[Value]:
-        return self._w
-
-    @w.setter
-    def w(self, weights: list[Value]) -> None:
-        self._w = _WatchedList(weights)
-        self._w._cache = self._cache
-        self._cache.dense = None
-
-    @property
-    def b(self) -> Value:
-        return self._b
-
-    @b.setter
-    def b(self, bias: Value) -> None:
-        self._b = bias
-        self._cache.dense = None
-
-    def _bind(self, cache: _LayerCache) -> None:
-        """Makes changes to this neuron's parameters reset ``cache`` (its layer's)."""
-        self._cache = cache
-        self._w._cache = cache
-
     def __setstate__(self, state: dict[str, Any]) -> None:
-        if "_activation" not in state:  # pickled before activation became a property
-            state = {k: v for k, v in state.items() if k not in ("activation", "nonlin", "_act")} | {
-                "_activation": state.get("activation", "relu")
-            }
+        state = _upgrade(state)
+        state.setdefault("_activation", "relu")
         self.__dict__.update(state)
-        self.w = list(self._w)  # watch the restored list again
 
     def __call__(self, x: Sequence[Input]) -> Value:
         # micrograd's zip() silently drops extra inputs; a wrong size here is almost always a bug.
@@ -306,53 +268,36 @@ class Neuron(Module):
 class Layer(Module):
     """``nout`` neurons over the same ``nin`` inputs; keyword arguments go to each ``Neuron``.
 
-    A call evaluates every neuron in one call into the engine (each neuron is still one node);
-    replacing a neuron or one of its Values is noticed and handled.
+    A call evaluates every neuron in one call into the engine (each neuron is still one node),
+    reading the Values the neurons hold at that moment: nothing is cached, so replacing a
+    neuron, a weight or an activation, or sharing them between layers, needs no care.
     """
 
     def __init__(self, nin: int, nout: int, **kwargs: Any) -> None:
-        self._cache = _LayerCache()
         self.neurons = [Neuron(nin, **kwargs) for _ in range(nout)]
 
-    @property
-    def neurons(self) -> list[Neuron]:
-        return self._neurons
-
-    @neurons.setter
-    def neurons(self, neurons: list[Neuron]) -> None:
-        self._neurons = _WatchedList(neurons)
-        self._neurons._cache = self._cache
-        self._cache.dense = None
-
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.neurons = list(self._neurons)
-
-    def _dense(self) -> Dense | None:
-        neurons = self._neurons
-        activations = {n.activation for n in neurons}
-        if len(activations) != 1 or not neurons:
-            return None  # mixed activations: call the neurons one by one
-        for n in neurons:
-            n._bind(self._cache)
-        dense = Dense([n.w for n in neurons], [n.b for n in neurons], activations.pop())
-        self._cache.dense = dense
-        self._cache.params = [p for n in neurons for p in n.parameters()]
-        return dense
+        self.__dict__.update(_upgrade(state))
 
     def __call__(self, x: Sequence[Input]) -> Value | list[Value]:
-        dense = self._cache.dense or self._dense()
-        if dense is not None and len(x) == dense.nin:
-            out = dense(x)
-        else:
-            out = [n(x) for n in self._neurons]
+        neurons = self.neurons
+        out = _dense(
+            [n.w for n in neurons],
+            [n.b for n in neurons],
+            [n._activation for n in neurons],
+            x,
+        )
         return out[0] if len(out) == 1 else out
 
     def parameters(self) -> list[Value]:
-        cache = self._cache
-        if cache.dense is not None and cache.params is not None:
-            return list(cache.params)  # a training loop asks every step; a copy, as it may be changed
-        return [p for n in self.neurons for p in n.parameters()]
+        params: list[Value] = []
+        for n in self.neurons:
+            if type(n) is Neuron:  # a training loop asks every step: no method call per neuron
+                params += n.w
+                params.append(n.b)
+            else:
+                params += n.parameters()
+        return params
 
     def named_parameters(self) -> list[tuple[str, Value]]:
         return [

@@ -6,6 +6,7 @@ parameter in one call into the engine.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,6 +27,21 @@ class Optimizer:
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate: {lr}")
         self.lr = float(lr)
+        self.group = ParamGroup(self.params)
+        if len(set(self.params)) != len(self.params):  # Values compare by node
+            warnings.warn(
+                "optimizer contains a parameter group with duplicate parameters; each is updated once",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The ParamGroup is rebuilt from the parameters, so a copy or an unpickled checkpoint
+        # updates the Values it was copied or unpickled with.
+        return {k: v for k, v in vars(self).items() if k != "group"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
         self.group = ParamGroup(self.params)
 
     def zero_grad(self) -> None:

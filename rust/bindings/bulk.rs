@@ -5,11 +5,12 @@
 use gradrs_engine::optim::{Adam, Sgd};
 use gradrs_engine::{NodeId, ARENA};
 use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::value::{engine_error, refuse_while_tracing, retain_all, type_name, wrap, PyValue};
+use crate::fused::Held;
+use crate::value::{engine_error, refuse_while_tracing, retain_all, wrap};
 
 /// One new leaf Value per element of a 1-d float64 array.
 #[pyfunction]
@@ -23,11 +24,26 @@ pub fn leaves<'py>(py: Python<'py>, array: PyReadonlyArray1<'py, f64>) -> PyResu
             .collect::<Result<Vec<_>, _>>()
             .map_err(engine_error)?
     };
-    let handles = ids
-        .into_iter()
-        .map(|id| wrap(py, id))
-        .collect::<PyResult<Vec<_>>>()?;
-    PyList::new(py, handles)
+    PyList::new(py, wrap_all(py, ids)?)
+}
+
+/// A handle for each of `ids`, each already holding the reference its handle takes over.
+/// If one cannot be made, the references of the rest are released too.
+pub(crate) fn wrap_all(py: Python<'_>, ids: Vec<NodeId>) -> PyResult<Vec<Py<PyAny>>> {
+    let mut handles = Vec::with_capacity(ids.len());
+    for (n, &id) in ids.iter().enumerate() {
+        match wrap(py, id) {
+            Ok(handle) => handles.push(handle),
+            Err(err) => {
+                let mut arena = ARENA.lock();
+                for &rest in &ids[n + 1..] {
+                    arena.release(rest);
+                }
+                return Err(err);
+            }
+        }
+    }
+    Ok(handles)
 }
 
 /// A fixed list of Values (typically a model's parameters) handled as one array.
@@ -91,22 +107,12 @@ fn state<'a>(
 impl ParamGroup {
     #[new]
     fn new(values: &Bound<'_, PyAny>) -> PyResult<Self> {
-        // Hold every object until the nodes are retained: a generator's temporary
-        // Values would otherwise free their nodes in between.
-        let objects = values.try_iter()?.collect::<PyResult<Vec<_>>>()?;
-        let ids = objects
-            .iter()
-            .enumerate()
-            .map(|(i, item)| match item.cast::<PyValue>() {
-                Ok(value) => Ok(value.get().id),
-                Err(_) => Err(PyTypeError::new_err(format!(
-                    "ParamGroup takes Values; item {i} is {}",
-                    type_name(item)
-                ))),
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        retain_all(&mut ARENA.lock(), &ids)?;
-        Ok(ParamGroup { ids })
+        let mut held = Held::new();
+        held.values(values, "ParamGroup items")?;
+        retain_all(&mut ARENA.lock(), &held.read)?;
+        Ok(ParamGroup {
+            ids: std::mem::take(&mut held.read),
+        })
     }
 
     fn __len__(&self) -> usize {
@@ -116,7 +122,7 @@ impl ParamGroup {
     /// The Values, in order.
     fn values(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         retain_all(&mut ARENA.lock(), &self.ids)?;
-        self.ids.iter().map(|&id| wrap(py, id)).collect()
+        wrap_all(py, self.ids.clone())
     }
 
     /// A copy of every Value's data.

@@ -2,11 +2,12 @@
 //! n binary nodes, so a neuron costs one Python call and one node.
 
 use gradrs_engine::{Arena, NodeId, Op, ARENA};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyList, PyTuple};
+use pyo3::types::{PyFloat, PyTuple};
+use pyo3::{ffi, PyTypeInfo};
 
-use crate::value::{engine_error, real_number, record_locked, wrap, PyValue};
+use crate::value::{engine_error, real_number, record_locked, type_name, wrap, PyValue};
 
 /// A term of a fused op: a node, or a number that becomes a constant leaf.
 pub(crate) enum Term {
@@ -14,7 +15,7 @@ pub(crate) enum Term {
     Number(f64),
 }
 
-pub(crate) fn term(item: &Bound<'_, PyAny>, what: &str) -> PyResult<Term> {
+fn term(item: &Bound<'_, PyAny>, what: &str) -> PyResult<Term> {
     if let Ok(value) = item.cast_exact::<PyValue>() {
         return Ok(Term::Node(value.get().id));
     }
@@ -27,35 +28,94 @@ pub(crate) fn term(item: &Bound<'_, PyAny>, what: &str) -> PyResult<Term> {
     }
 }
 
-/// Appends the terms of `items` to `out`. Lists and tuples are read in place
-/// (they keep their items alive); any other iterable's items are kept in `alive`,
-/// or a temporary Value yielded by a generator could free its node before the
-/// fused node refers to it.
-fn collect<'py>(
-    items: &Bound<'py, PyAny>,
-    what: &str,
-    out: &mut Vec<Term>,
-    alive: &mut Vec<Bound<'py, PyAny>>,
-) -> PyResult<usize> {
-    let start = out.len();
-    if let Ok(list) = items.cast_exact::<PyList>() {
-        out.reserve(list.len());
-        for i in 0..list.len() {
-            out.push(term(&list.get_item(i)?, what)?);
-        }
-    } else if let Ok(tuple) = items.cast_exact::<PyTuple>() {
-        out.reserve(tuple.len());
-        for item in tuple.iter() {
-            out.push(term(&item, what)?);
-        }
-    } else {
-        for item in items.try_iter()? {
-            let item = item?;
-            out.push(term(&item, what)?);
-            alive.push(item);
+/// What was read from the items of Python iterables, with the items themselves.
+///
+/// A Value's node lives only while some handle to it does, and reading an item can run Python
+/// code (`__float__`, `__index__`, a generator's next step) that drops every other handle, or
+/// empties the list being read. So the items are first copied into a tuple of our own (one
+/// call for a list, and immutable, so nothing can take an item out of it), held from before
+/// the first item is read until the engine call that uses what was read is over: keep a
+/// `Held` alive across that call.
+pub(crate) struct Held<'py, T> {
+    items: Vec<Bound<'py, PyTuple>>,
+    pub(crate) read: Vec<T>,
+}
+
+impl<'py, T> Held<'py, T> {
+    pub(crate) fn new() -> Self {
+        Self::with_capacity(0, 0)
+    }
+
+    /// Room for `iterables` iterables of `items` items in all, so a layer's weights are read
+    /// without reallocating.
+    pub(crate) fn with_capacity(iterables: usize, items: usize) -> Self {
+        Held {
+            items: Vec::with_capacity(iterables),
+            read: Vec::with_capacity(items),
         }
     }
-    Ok(out.len() - start)
+
+    /// Holds every item of `iterable`, then reads each with `read(item, index)`; returns how
+    /// many there were.
+    fn extend(
+        &mut self,
+        iterable: &Bound<'py, PyAny>,
+        read: impl Fn(&Bound<'py, PyAny>, usize) -> PyResult<T>,
+    ) -> PyResult<usize> {
+        let items = match iterable.cast_exact::<PyTuple>() {
+            Ok(tuple) => tuple.clone(),
+            // SAFETY: `iterable` is a valid object; `PySequence_Tuple` (Python's `tuple(x)`)
+            // returns a new reference, or null with an exception set, which this turns into Err.
+            Err(_) => unsafe {
+                Bound::from_owned_ptr_or_err(iterable.py(), ffi::PySequence_Tuple(iterable.as_ptr()))?
+                    .cast_into::<PyTuple>()?
+            },
+        };
+        self.read.reserve(items.len());
+        for (i, item) in items.iter_borrowed().enumerate() {
+            self.read.push(read(&item, i)?);
+        }
+        let n = items.len();
+        self.items.push(items);
+        Ok(n)
+    }
+}
+
+impl<'py> Held<'py, NodeId> {
+    /// Appends the nodes of the Values in `iterable`; anything else is a TypeError naming
+    /// `what` and the item's position.
+    pub(crate) fn values(&mut self, iterable: &Bound<'py, PyAny>, what: &str) -> PyResult<usize> {
+        let value_type = PyValue::type_object_raw(iterable.py());
+        self.extend(iterable, |item, i| {
+            if item.get_type_ptr() == value_type {
+                // SAFETY: the item's type is exactly Value's, checked just above (a pointer
+                // comparison: a layer reads a few hundred weights per call).
+                return Ok(unsafe { item.cast_unchecked::<PyValue>() }.get().id);
+            }
+            match item.cast::<PyValue>() {
+                Ok(value) => Ok(value.get().id),
+                Err(_) => Err(PyTypeError::new_err(format!(
+                    "{what} must be Values; item {i} is {}",
+                    type_name(item)
+                ))),
+            }
+        })
+    }
+}
+
+impl<'py> Held<'py, Term> {
+    /// Appends the terms (Values or real numbers) in `iterable`.
+    pub(crate) fn terms(&mut self, iterable: &Bound<'py, PyAny>, what: &str) -> PyResult<usize> {
+        self.extend(iterable, |item, _| term(item, what))
+    }
+
+    /// Appends one term.
+    fn push(&mut self, item: &Bound<'py, PyAny>, what: &str) -> PyResult<()> {
+        self.extend(PyTuple::new(item.py(), [item])?.as_any(), |item, _| {
+            term(item, what)
+        })?;
+        Ok(())
+    }
 }
 
 /// The nodes for `terms`, making a leaf for each number. The leaves are returned too: the
@@ -108,13 +168,12 @@ pub fn sum(
     values: &Bound<'_, PyAny>,
     start: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
-    let mut all = Vec::new();
-    let mut alive = Vec::new();
+    let mut all = Held::new();
     if let Some(start) = start {
-        all.push(term(start, "sum() start")?);
+        all.push(start, "sum() start")?;
     }
-    collect(values, "sum() items", &mut all, &mut alive)?;
-    record_terms(py, Op::Sum, &all)
+    all.terms(values, "sum() items")?;
+    record_terms(py, Op::Sum, &all.read)
 }
 
 /// `bias + w0*x0 + w1*x1 + ...` as one node (`Dot`), summed in micrograd's order.
@@ -126,29 +185,27 @@ pub fn dot(
     inputs: &Bound<'_, PyAny>,
     bias: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
-    let mut all = Vec::with_capacity(2 * weights.len().unwrap_or(0) + 1);
-    let mut alive = Vec::new();
-    let n = collect(weights, "dot() weights", &mut all, &mut alive)?;
-    let m = collect(inputs, "dot() inputs", &mut all, &mut alive)?;
+    let mut all = Held::new();
+    let n = all.terms(weights, "dot() weights")?;
+    let m = all.terms(inputs, "dot() inputs")?;
     if m != n {
         return Err(PyValueError::new_err(format!(
             "dot() needs as many inputs as weights: got {n} weights and {m} inputs"
         )));
     }
     match bias {
-        Some(bias) if !bias.is_none() => all.push(term(bias, "dot() bias")?),
-        _ if n == 0 => all.push(Term::Number(0.0)),
+        Some(bias) if !bias.is_none() => all.push(bias, "dot() bias")?,
+        _ if n == 0 => all.read.push(Term::Number(0.0)),
         _ => {}
     }
-    record_terms(py, Op::Dot, &all)
+    record_terms(py, Op::Dot, &all.read)
 }
 
 /// `log(exp(v0) + exp(v1) + ...)` as one node (`LogSumExp`), shifted by the largest value so
 /// it stays finite for any finite values; its gradient is the softmax of the values.
 #[pyfunction]
 pub fn logsumexp(py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    let mut all = Vec::new();
-    let mut alive = Vec::new();
-    collect(values, "logsumexp() items", &mut all, &mut alive)?;
-    record_terms(py, Op::LogSumExp, &all)
+    let mut all = Held::new();
+    all.terms(values, "logsumexp() items")?;
+    record_terms(py, Op::LogSumExp, &all.read)
 }

@@ -24,7 +24,7 @@ mod _core {
     use crate::bulk::{leaves, ParamGroup};
 
     #[pymodule_export]
-    use crate::dense::Dense;
+    use crate::dense::_dense;
 
     #[pymodule_export]
     use crate::compile::PyProgram;
