@@ -479,7 +479,21 @@ impl Arena {
     /// Makes room for one more node (and with `list`, one more list of children), so that making
     /// it cannot fail halfway: every push `alloc` and `list_of` make fits afterwards, and so does
     /// every push a later release makes (a release runs in destructors and cannot fail).
+    #[inline(always)]
     fn reserve_node(&mut self, list: bool) -> Result<()> {
+        // The common case, a free slot and room everywhere, decided in a few compares.
+        let roomy = !self.free.is_empty()
+            && self.births.len() < self.births.capacity()
+            && self.births.len() < 2 * self.live + 4096
+            && self.live < self.max_nodes;
+        if roomy && !list {
+            return Ok(());
+        }
+        self.reserve_node_slowly(list)
+    }
+
+    #[inline(never)]
+    fn reserve_node_slowly(&mut self, list: bool) -> Result<()> {
         if self.live >= self.max_nodes {
             return Err(EngineError::NodeLimit {
                 limit: self.max_nodes,
@@ -882,8 +896,8 @@ impl Arena {
         Ok(())
     }
 
-    /// Continues a depth-first walk, appending to `order` in post-order until `budget` more
-    /// nodes are in it; `Ok(true)` once the walk is complete. It reads only the children and the
+    /// Continues a depth-first walk, appending to `order` in post-order, for about `budget` steps
+    /// (one per node and one per edge); `Ok(true)` once the walk is complete. It reads only the children and the
     /// marks, and the buffers are kept between calls, so a training loop's backward does not
     /// allocate.
     fn walk_post_order(
@@ -893,8 +907,12 @@ impl Arena {
         epoch: u32,
         budget: usize,
     ) -> Result<bool> {
-        let start = order.len();
+        let mut spent = 0usize;
         while let Some(top) = stack.last_mut() {
+            if spent >= budget {
+                return Ok(false);
+            }
+            spent += 1;
             let (slot, next) = *top;
             match self.child(self.links[slot as usize].children, next as usize) {
                 Some(child) => {
@@ -910,9 +928,6 @@ impl Arena {
                     grow(order, "the backward pass's node order")?;
                     order.push(slot);
                     stack.pop();
-                    if order.len() - start >= budget {
-                        return Ok(stack.is_empty());
-                    }
                 }
             }
         }
@@ -989,10 +1004,8 @@ impl Arena {
         let (root, stop_at_nan, epoch) = (pass.root.slot, pass.stop_at_nan, pass.epoch);
         let outcome = match &mut pass.stage {
             Stage::Sweep { next, low, processed } => {
-                let stop = next.saturating_sub(budget).max(*low);
-                let outcome = self.sweep_births(stop..*next, *low, stop_at_nan, epoch, processed);
-                *next = stop;
-                outcome.map(|()| (stop == *low).then_some(*processed))
+                let outcome = self.sweep_births(next, *low, budget, stop_at_nan, epoch, processed);
+                outcome.map(|()| (*next == *low).then_some(*processed))
             }
             Stage::Order { order, stack } => match self.walk_post_order(order, stack, epoch, budget) {
                 Ok(false) => return Ok(false),
@@ -1012,10 +1025,8 @@ impl Arena {
                 }
             },
             Stage::Walk { order, next } => {
-                let stop = next.saturating_sub(budget);
-                let outcome = self.propagate_along(&order[stop..*next], stop_at_nan, epoch);
-                *next = stop;
-                outcome.map(|()| (stop == 0).then_some(order.len()))
+                let outcome = self.propagate_along(order, next, budget, stop_at_nan, epoch);
+                outcome.map(|()| (*next == 0).then_some(order.len()))
             }
             Stage::Done => Ok(None),
         };
@@ -1053,20 +1064,27 @@ impl Arena {
         self.traversal = traversal;
     }
 
-    /// Backward over the births in `range`, latest first: each node comes after every node made
-    /// from it, and the order is read sequentially instead of discovered. Counts the nodes it
-    /// back-propagates through into `processed`.
+    /// Backward over the births from `*next` down to `low`, latest first, until about `budget`
+    /// units of work are done (a node, plus its children when it has many); leaves `*next` at
+    /// where to resume. Each node comes after every node made from it, and the order is read
+    /// sequentially instead of discovered. Counts the nodes it goes through into `processed`.
     fn sweep_births(
         &mut self,
-        range: std::ops::Range<usize>,
+        next: &mut usize,
         low: usize,
+        budget: usize,
         stop_at_nan: bool,
         pass: u32,
         processed: &mut usize,
     ) -> Result<()> {
+        let stop = next.saturating_sub(budget).max(low);
         let mut x = std::mem::take(&mut self.inputs);
         let mut outcome = Ok(());
-        for at in range.rev() {
+        let mut resume = stop;
+        // The budget counts births read; n-ary nodes' children are added as they come.
+        let mut extra = 0usize;
+        let mut reached = 0usize;
+        for at in (stop..*next).rev() {
             if let Some(ahead) = at.checked_sub(PREFETCH_DISTANCE).filter(|&a| a >= low) {
                 let slot = self.births[ahead] as usize;
                 if slot != DEAD as usize {
@@ -1081,30 +1099,64 @@ impl Arena {
             if self.links[slot as usize].mark != pass {
                 continue; // not below the root (nothing passed it a gradient)
             }
-            *processed += 1;
-            if let Err(e) = self.propagate_step(slot, &mut x, stop_at_nan, pass) {
-                outcome = Err(e);
-                break;
+            reached += 1;
+            match self.propagate_step(slot, &mut x, stop_at_nan, pass) {
+                Ok(0) => {}
+                Ok(more) => {
+                    extra += more;
+                    if extra + (*next - at) >= budget {
+                        resume = at;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
         }
+        *next = resume;
+        *processed += reached;
         self.inputs = x;
         outcome
     }
 
-    /// Backward along `order` (a stretch of a post-order walk from the root), last node first.
-    fn propagate_along(&mut self, order: &[u32], stop_at_nan: bool, pass: u32) -> Result<()> {
+    /// Backward along `order` (a post-order walk from the root) from `*next` down to its start,
+    /// last node first, until about `budget` units of work are done (as `sweep_births`).
+    fn propagate_along(
+        &mut self,
+        order: &[u32],
+        next: &mut usize,
+        budget: usize,
+        stop_at_nan: bool,
+        pass: u32,
+    ) -> Result<()> {
+        let stop = next.saturating_sub(budget);
         let mut x = std::mem::take(&mut self.inputs);
         let mut outcome = Ok(());
-        for (at, &slot) in order.iter().enumerate().rev() {
+        let mut resume = stop;
+        let mut extra = 0usize;
+        for at in (stop..*next).rev() {
             if let Some(&ahead) = order.get(at.wrapping_sub(PREFETCH_DISTANCE)) {
                 prefetch(&self.nodes[ahead as usize]);
                 prefetch(&self.links[ahead as usize]);
             }
-            if let Err(e) = self.propagate_step(slot, &mut x, stop_at_nan, pass) {
-                outcome = Err(e);
-                break;
+            match self.propagate_step(order[at], &mut x, stop_at_nan, pass) {
+                Ok(0) => {}
+                Ok(more) => {
+                    extra += more;
+                    if extra + (*next - at) >= budget {
+                        resume = at;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
         }
+        *next = resume;
         self.inputs = x;
         outcome
     }
@@ -1128,13 +1180,14 @@ impl Arena {
     }
 
     /// One node's share of a backward pass: its gradient times each local derivative, given to
-    /// its children.
+    /// its children. Returns the work beyond one unit it took: the children of an n-ary node,
+    /// so that a chunk of a pass is bounded in time and not only in nodes.
     #[inline(always)]
-    fn propagate_step(&mut self, slot: u32, x: &mut Vec<f64>, stop_at_nan: bool, pass: u32) -> Result<()> {
+    fn propagate_step(&mut self, slot: u32, x: &mut Vec<f64>, stop_at_nan: bool, pass: u32) -> Result<usize> {
         let node = &self.nodes[slot as usize];
         let (op, g, out) = (node.op, node.grad, node.data);
         match self.links[slot as usize].children {
-            Children::None => Ok(()),
+            Children::None => Ok(0),
             Children::One(a) => {
                 let x = [self.nodes[a as usize].data];
                 let da = op.local_grad(&x, out, 0) * g;
@@ -1142,7 +1195,7 @@ impl Arena {
                     Err(nan_gradient(op, &x, g))
                 } else {
                     self.give(a, da, pass);
-                    Ok(())
+                    Ok(0)
                 }
             }
             Children::Two(a, b) => {
@@ -1154,10 +1207,13 @@ impl Arena {
                 } else {
                     self.give(a, da, pass);
                     self.give(b, db, pass);
-                    Ok(())
+                    Ok(0)
                 }
             }
-            Children::Many(list) => self.backward_many(slot, list, x, stop_at_nan, pass),
+            Children::Many(list) => {
+                self.backward_many(slot, list, x, stop_at_nan, pass)?;
+                Ok(x.len())
+            }
         }
     }
 
