@@ -221,6 +221,11 @@ pub struct Arena {
     trim_below: usize,
     /// Slot arrays up to this long are never cut back (`KEEP_SLOTS` unless a test lowers it).
     keep_slots: usize,
+    /// Cuts leave at least this many slots: the length of a graph rebuilt after a cut, as a
+    /// training loop rebuilds its graph each step.
+    floor: usize,
+    /// The length of the arrays before the last cut, until a graph half that size is rebuilt.
+    cut_from: usize,
     /// The most live nodes allowed at once (`usize::MAX` unless capped by `set_max_nodes`).
     max_nodes: usize,
 }
@@ -309,6 +314,8 @@ impl Arena {
             layout: 0,
             trim_below: usize::MAX,
             keep_slots: KEEP_SLOTS,
+            floor: 0,
+            cut_from: 0,
             max_nodes: usize::MAX,
         }
     }
@@ -548,6 +555,12 @@ impl Arena {
                     ..Slot::default()
                 });
                 self.trim_below = usize::MAX;
+                if self.cut_from != 0 && self.nodes.len() >= self.cut_from / 2 {
+                    // The graph the arrays were cut back from is being rebuilt, as a training loop
+                    // does each step: keep room for it from now on instead of cutting every step.
+                    self.floor = self.floor.max(self.cut_from);
+                    self.cut_from = 0;
+                }
                 slot
             }
         };
@@ -706,17 +719,18 @@ impl Arena {
         }
     }
 
-    /// Cuts the slot arrays back to just past the highest live slot and returns the memory,
-    /// when that frees at least half of them (the common case: a model made first, then a big
-    /// graph over it, now dropped). Called only once most of the arena is free, and not again
-    /// until the live count halves or the arrays grow, so a loop that builds and drops a graph
-    /// of the same size each step does not pay for it every step.
+    /// Cuts the slot arrays back to just past the highest live slot (but not below `floor`)
+    /// and returns the memory, when that frees at least half of them (the common case: a model
+    /// made first, then a big graph over it, now dropped). Called only once most of the arena is
+    /// free, and not again until the live count halves or the arrays grow; and once a graph is
+    /// rebuilt after a cut, its size is kept, so a loop that builds and drops a big graph each
+    /// step pays for one cut, not one per step.
     #[cold]
     fn trim(&mut self) {
         self.trim_below = self.live / 2;
         let mut end = self.slots.len();
         let mut fresh_gen = self.fresh_gen;
-        while end > 0 && self.slots[end - 1].refs == 0 {
+        while end > self.floor && self.slots[end - 1].refs == 0 {
             end -= 1;
             // A freed slot's generation was bumped when it was freed: no handle has it yet.
             fresh_gen = fresh_gen.max(self.slots[end].gen);
@@ -725,6 +739,7 @@ impl Arena {
             return;
         }
         self.fresh_gen = fresh_gen;
+        self.cut_from = self.slots.len();
         self.nodes.truncate(end);
         self.links.truncate(end);
         self.slots.truncate(end);
@@ -759,6 +774,7 @@ impl Arena {
         if self.inputs.capacity() > 4096 {
             self.inputs = Vec::new();
         }
+        return_free_heap_to_the_system();
     }
 
     pub fn view(&self, id: NodeId) -> Result<NodeView<'_>> {
@@ -1323,6 +1339,23 @@ fn nan_gradient(op: Op, inputs: &[f64], upstream: f64) -> EngineError {
     }
 }
 
+/// glibc serves allocations below its (self-raising) mmap threshold, up to 32 MiB, from the heap,
+/// and gives the heap's free pages back only when the free space at its top is large: the arrays
+/// `trim` just freed could stay resident. Asking explicitly returns them.
+fn return_free_heap_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's malloc_trim takes no pointers and only releases free memory of the
+        // allocator that std uses; it is safe to call from any thread at any time.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 /// Makes room for one more element in `items`, growing it the amortised way, or says what could
 /// not be allocated.
 #[inline(always)]
@@ -1548,25 +1581,23 @@ mod tests {
         let mut arena = Arena::new();
         arena.set_keep_slots(16);
         let mut old: Vec<NodeId> = Vec::new();
-        for round in 0..3 {
-            let ids: Vec<NodeId> = (0..100).map(|i| arena.leaf(i as f64).unwrap()).collect();
+        // Rebuilding a graph as big as the one cut keeps that many slots from then on; the
+        // rounds grow so that each cuts some slots anew.
+        for (n, kept) in [(100, 0), (400, 100), (1600, 400)] {
+            let ids: Vec<NodeId> = (0..n).map(|i| arena.leaf(i as f64).unwrap()).collect();
             for &id in &ids {
                 arena.release(id);
             }
-            assert_eq!(
-                arena.capacity(),
-                0,
-                "round {round}: everything was freed, so cut back"
-            );
+            assert_eq!(arena.capacity(), kept, "everything was freed, so cut back");
             old.extend(ids);
             // New nodes fill slot 0 and up again; none of them may answer to an old handle.
-            let new: Vec<NodeId> = (0..100).map(|i| arena.leaf(-(i as f64)).unwrap()).collect();
+            let new: Vec<NodeId> = (0..n).map(|i| arena.leaf(-(i as f64)).unwrap()).collect();
             for &id in &old {
                 assert!(!arena.is_live(id), "{id:?} names a new node");
                 assert_eq!(arena.data(id), Err(EngineError::StaleHandle(id)));
                 arena.release(id); // ignored, not taken from the new node
             }
-            assert_eq!(arena.live_nodes(), 100);
+            assert_eq!(arena.live_nodes(), n);
             assert!(new.iter().all(|&id| arena.is_live(id)));
             old.extend(new.iter().copied());
             for id in new {
@@ -1592,12 +1623,30 @@ mod tests {
         assert!(arena.nodes.capacity() < 100 && arena.births.capacity() < 100);
         assert!(arena.free.is_empty() && arena.order.capacity() < 5000);
         assert!(!arena.is_live(y));
-        // The model still works, and a second graph grows the arrays again.
-        let y = chain(&mut arena, model[3], 50_000);
+        // The model still works, and a smaller graph grows the arrays again, to be cut again.
+        let y = chain(&mut arena, model[3], 20_000);
         arena.backward(y).unwrap();
         assert_eq!(arena.grad(model[3]).unwrap(), 2.0);
         arena.release(y);
         assert_eq!(arena.capacity(), 10);
+    }
+
+    #[test]
+    fn a_loop_rebuilding_a_big_graph_is_cut_back_once_not_every_step() {
+        let mut arena = Arena::new();
+        arena.set_keep_slots(1000);
+        let x = arena.leaf(1.0).unwrap();
+        let mut capacities = Vec::new();
+        for _ in 0..4 {
+            let y = chain(&mut arena, x, 100_000);
+            arena.release(y);
+            capacities.push(arena.capacity());
+        }
+        assert_eq!(capacities, [1, 100_001, 100_001, 100_001]);
+        let stale = chain(&mut arena, x, 10); // generations stay fresh across the kept slots
+        arena.release(stale);
+        assert!(!arena.is_live(stale));
+        arena.release(x);
     }
 
     #[test]
