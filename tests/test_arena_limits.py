@@ -28,7 +28,9 @@ PRELUDE = textwrap.dedent(
 )
 
 
-def run_child(code: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_child(
+    code: str, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
         capture_output=True,
@@ -53,7 +55,7 @@ def test_dropping_a_big_graph_made_after_a_model_returns_the_memory():
         del y
         gc.collect()
         after = resident_mib()
-        print(f"resident MiB: baseline {baseline:.0f}, with the graph {peak:.0f}, after dropping it {after:.0f}")
+        print(f"resident MiB: baseline {baseline:.0f}, with the graph {peak:.0f}, dropped {after:.0f}")
         assert peak - baseline > 100, "the graph should have taken memory"
         assert after - baseline < (peak - baseline) / 4, "the graph's memory was not handed back"
         assert gradrs.live_nodes() == 337
@@ -180,7 +182,7 @@ def test_ctrl_c_stops_a_long_backward_quickly_and_leaves_the_engine_usable():
         took = time.perf_counter() - start
         sent = float(killer.communicate()[0])
         latency = caught - sent
-        print(f"KeyboardInterrupt {latency * 1000:.0f} ms after the signal; the interrupted backward took {took:.2f} s")
+        print(f"KeyboardInterrupt {latency * 1000:.0f} ms after the signal, backward stopped at {took:.2f} s")
         assert latency < 1.0 and took < full
         a, b = Value(3.0), Value(-2.0)
         out = (a * b).tanh()

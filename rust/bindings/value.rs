@@ -32,8 +32,9 @@ thread_local! {
 /// ops skip the thread-local lookup, which costs a call in a shared library.
 static THREADS_WITHOUT_GRAD: AtomicUsize = AtomicUsize::new(0);
 
-/// How many nodes a backward pass processes between two checks for signals: a few
-/// milliseconds' work, so Ctrl-C is honoured quickly and an ordinary graph is one chunk.
+/// How much a backward pass does between two checks for signals, in nodes plus the children
+/// of n-ary nodes: about ten milliseconds' work, so Ctrl-C is honoured quickly and an
+/// ordinary graph is one chunk.
 const BACKWARD_CHUNK: usize = 1 << 20;
 
 /// Whether `detect_anomaly()` is active; one relaxed load per op when it is not.
