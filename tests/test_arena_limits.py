@@ -158,20 +158,25 @@ def test_ctrl_c_stops_a_long_backward_quickly_and_leaves_the_engine_usable():
         outs = [gradrs.sum(layer(xs)) for _ in range(10)]
         while True:
             root = gradrs.sum(outs)
+            xs[0].grad = 0.0
             start = time.perf_counter()
             root.backward()
             full = time.perf_counter() - start
+            whole = xs[0].grad
             print(f"backward over {len(outs) * nout * (2 * nin + 1) / 1e6:.0f}M edges takes {full:.2f} s")
             if full > 1.5:
                 break
             grow = int(len(outs) * min(4.0, 1.8 / full)) - len(outs) + 1
             outs += [gradrs.sum(layer(xs)) for _ in range(grow)]
-        killer = subprocess.Popen(
-            [sys.executable, "-c",
-             "import os, signal, sys, time; time.sleep(0.5); print(time.time(), flush=True);"
-             f"os.kill({os.getpid()}, signal.SIGINT)"],
-            stdout=subprocess.PIPE, text=True,
-        )
+        def send_later(signum):
+            return subprocess.Popen(
+                [sys.executable, "-c",
+                 "import os, sys, time; time.sleep(0.5); print(time.time(), flush=True);"
+                 f"os.kill({os.getpid()}, {int(signum)})"],
+                stdout=subprocess.PIPE, text=True,
+            )
+
+        killer = send_later(signal.SIGINT)
         start = time.perf_counter()
         try:
             root.backward()
@@ -188,7 +193,29 @@ def test_ctrl_c_stops_a_long_backward_quickly_and_leaves_the_engine_usable():
         out = (a * b).tanh()
         out.backward()
         assert a.grad == b.data * (1 - out.data**2) and b.grad == a.data * (1 - out.data**2)
+        xs[0].grad = 0.0
         root.backward()  # the big graph back-propagates again, whole
+        assert abs(xs[0].grad - whole) <= 1e-9 * abs(whole), (xs[0].grad, whole)
+
+        # A signal handler that runs another backward pass between two chunks: the interrupted
+        # pass cannot resume, and says so instead of finishing with wrong gradients.
+        def other_pass(signum, frame):
+            small = Value(1.5) * 2
+            small.backward()
+
+        signal.signal(signal.SIGUSR1, other_pass)
+        killer = send_later(signal.SIGUSR1)
+        try:
+            root.backward()
+        except RuntimeError as error:
+            print("RuntimeError:", error)
+            assert "incomplete" in str(error)
+        else:
+            raise AssertionError("backward finished before the signal came, or ignored the other pass")
+        killer.communicate()
+        xs[0].grad = 0.0
+        root.backward()
+        assert abs(xs[0].grad - whole) <= 1e-9 * abs(whole), (xs[0].grad, whole)
         print("OK")
         """,
         timeout=300,

@@ -1288,9 +1288,15 @@ impl Arena {
         } = self.nodes[slot as usize];
         let children = std::mem::take(&mut self.lists[list as usize]);
         x.clear();
+        if x.try_reserve(children.len()).is_err() {
+            let count = children.len();
+            self.lists[list as usize] = children;
+            return Err(out_of_memory("the backward pass's operand buffer", count));
+        }
         x.extend(children.iter().map(|&c| self.nodes[c as usize].data));
+        // Borrowed out of the map for the loop (an empty box takes its place), not copied.
         let recorded = match op {
-            Op::Recorded => self.partials.get(&slot).cloned(),
+            Op::Recorded => self.partials.get_mut(&slot).map(std::mem::take),
             _ => None,
         };
         let mut result = Ok(());
@@ -1307,6 +1313,9 @@ impl Arena {
             self.give(child, amount, pass);
         }
         self.lists[list as usize] = children;
+        if let (Some(partials), Some(entry)) = (recorded, self.partials.get_mut(&slot)) {
+            *entry = partials;
+        }
         result
     }
 }
