@@ -106,6 +106,7 @@ def test_running_out_of_memory_is_a_memory_error_and_the_engine_goes_on():
 def test_gradrs_max_nodes_caps_live_nodes_with_a_memory_error():
     result = run_child(
         """
+        import numpy
         assert gradrs.live_nodes() == 0
         values = [Value(float(i)) for i in range(1000)]
         for attempt in (lambda: Value(1.0), lambda: values[0] * values[1], lambda: values[0].tanh()):
@@ -117,6 +118,13 @@ def test_gradrs_max_nodes_caps_live_nodes_with_a_memory_error():
                 raise AssertionError("the 1001st node was made")
         assert gradrs.live_nodes() == 1000
         del values[-10:]
+        try:
+            gradrs.leaves(numpy.zeros(20))
+        except MemoryError as error:
+            assert "GRADRS_MAX_NODES=1000" in str(error), error
+        else:
+            raise AssertionError("1010 nodes were made")
+        assert gradrs.live_nodes() == 990, "the leaves made before the cap was met were kept"
         y = (values[3] * values[4]).tanh()
         y.backward()
         assert values[3].grad == values[4].data * (1 - y.data**2)
