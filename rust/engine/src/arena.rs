@@ -649,6 +649,7 @@ impl Arena {
     /// Drops a reference; frees the node and, in turn, any children nothing else
     /// refers to. A stale handle is ignored: releasing is called from destructors,
     /// which have no way to report an error.
+    #[inline]
     pub fn release(&mut self, id: NodeId) {
         match self.slots.get_mut(id.slot as usize) {
             Some(bookkeeping) if bookkeeping.refs > 0 && bookkeeping.gen == id.gen => {
@@ -660,13 +661,19 @@ impl Arena {
             }
             _ => return,
         }
+        self.free_from(id.slot);
+    }
+
+    /// Drops the last reference to the node in `slot`, freeing it and whatever only it kept.
+    #[inline(never)]
+    fn free_from(&mut self, slot: u32) {
         let mut work = std::mem::take(&mut self.worklist);
         work.clear();
         if work.try_reserve(1).is_err() {
             self.worklist = work;
             return; // out of memory for even one entry: keep the node (a leak, never a crash)
         }
-        work.push(id.slot);
+        work.push(slot);
         while let Some(slot) = work.pop() {
             let at = slot as usize;
             let bookkeeping = &mut self.slots[at];
