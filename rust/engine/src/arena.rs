@@ -231,7 +231,7 @@ pub struct Arena {
 }
 
 /// A backward pass in progress: [`Arena::begin_backward`] starts it and
-/// [`Arena::backward_step`] advances it a bounded number of nodes at a time.
+/// [`Arena::backward_step`] advances it a bounded amount of work at a time.
 #[derive(Debug)]
 pub struct BackwardPass {
     root: NodeId,
