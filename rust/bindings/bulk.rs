@@ -9,7 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::fused::Held;
+use crate::fused::{release_all, Held};
 use crate::value::{engine_error, refuse_while_tracing, retain_all, wrap};
 
 /// One new leaf Value per element of a 1-d float64 array.
@@ -18,11 +18,17 @@ pub fn leaves<'py>(py: Python<'py>, array: PyReadonlyArray1<'py, f64>) -> PyResu
     let values = array.as_array();
     let ids = {
         let mut arena = ARENA.lock();
-        values
-            .iter()
-            .map(|&v| arena.leaf(v))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(engine_error)?
+        let mut ids = Vec::with_capacity(values.len());
+        for &v in values.iter() {
+            match arena.leaf(v) {
+                Ok(id) => ids.push(id),
+                Err(err) => {
+                    release_all(&mut arena, &ids); // the leaves made before the failure
+                    return Err(engine_error(err));
+                }
+            }
+        }
+        ids
     };
     PyList::new(py, wrap_all(py, ids)?)
 }

@@ -31,6 +31,7 @@ mod _core {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::value::apply_max_nodes_from_env()?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))
     }
 }

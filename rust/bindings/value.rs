@@ -42,6 +42,11 @@ thread_local! {
 /// ops skip the thread-local lookup, which costs a call in a shared library.
 static THREADS_WITHOUT_GRAD: AtomicUsize = AtomicUsize::new(0);
 
+/// How much a backward pass does between two checks for signals, in nodes plus the children
+/// of n-ary nodes: about ten milliseconds' work, so Ctrl-C is honoured quickly and an
+/// ordinary graph is one chunk.
+const BACKWARD_CHUNK: usize = 1 << 20;
+
 /// Whether `detect_anomaly()` is active; one relaxed load per op when it is not.
 static DETECT_ANOMALY: AtomicBool = AtomicBool::new(false);
 
@@ -155,8 +160,12 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
 #[cold]
 pub(crate) fn engine_error(err: EngineError) -> PyErr {
     match err {
-        EngineError::StaleHandle(_) => PyRuntimeError::new_err(err.to_string()),
-        EngineError::TooManyNodes => PyMemoryError::new_err(err.to_string()),
+        EngineError::StaleHandle(_) | EngineError::BackwardInterrupted => {
+            PyRuntimeError::new_err(err.to_string())
+        }
+        EngineError::TooManyNodes | EngineError::OutOfMemory { .. } | EngineError::NodeLimit { .. } => {
+            PyMemoryError::new_err(err.to_string())
+        }
         EngineError::NanGradient { .. } => AnomalyError::new_err(err.to_string()),
         EngineError::WrongArity { .. }
         | EngineError::LengthMismatch { .. }
@@ -483,13 +492,36 @@ impl PyValue {
     ///
     /// Leaves accumulate across calls until reset (`p.grad = 0` or
     /// `model.zero_grad()`); interior gradients are recomputed on each call.
-    fn backward(&self) -> PyResult<()> {
+    ///
+    /// A graph of millions of nodes is processed in chunks, and Ctrl-C (or any signal
+    /// whose Python handler raises) is honoured between them: the exception propagates
+    /// and the gradients are left partial. A RuntimeError says so likewise if another
+    /// backward pass ran in between (from a signal handler, say).
+    fn backward(&self, py: Python<'_>) -> PyResult<()> {
         refuse_while_tracing("calling backward()")?;
         let check = DETECT_ANOMALY.load(Ordering::Relaxed);
-        ARENA
-            .lock()
-            .backward_checked(self.id, check)
-            .map_err(engine_error)
+        let mut pass = {
+            let mut arena = ARENA.lock();
+            let mut pass = arena.begin_backward(self.id, check).map_err(engine_error)?;
+            if arena
+                .backward_step(&mut pass, BACKWARD_CHUNK)
+                .map_err(engine_error)?
+            {
+                return Ok(());
+            }
+            pass
+        };
+        loop {
+            // Outside the lock: a signal handler is Python code and may use Values itself.
+            py.check_signals()?;
+            let mut arena = ARENA.lock();
+            if arena
+                .backward_step(&mut pass, BACKWARD_CHUNK)
+                .map_err(engine_error)?
+            {
+                return Ok(());
+            }
+        }
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -656,6 +688,27 @@ pub fn _set_detect_anomaly(enabled: bool) -> bool {
 #[pyfunction]
 pub fn _live_nodes() -> usize {
     ARENA.lock().live_nodes()
+}
+
+/// Applies the environment variable `GRADRS_MAX_NODES`, if set, as a cap on live nodes:
+/// making one more raises MemoryError naming the variable. A value that is not a
+/// whole number of nodes (>= 1) is a ValueError when `gradrs` is imported.
+pub(crate) fn apply_max_nodes_from_env() -> PyResult<()> {
+    let Some(raw) = std::env::var_os("GRADRS_MAX_NODES") else {
+        return Ok(());
+    };
+    let limit = raw
+        .to_str()
+        .and_then(|text| text.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "the environment variable GRADRS_MAX_NODES must be a positive whole number \
+                 of nodes, not {raw:?}"
+            ))
+        })?;
+    ARENA.lock().set_max_nodes(Some(limit));
+    Ok(())
 }
 
 /// The number of slots the arena has allocated (live or free).

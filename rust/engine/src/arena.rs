@@ -14,6 +14,13 @@
 //! from the root down, reading it in sequence instead of discovering the graph
 //! node by node. When the stretch is mostly other graphs that are still alive, the
 //! pass walks the graph from the root instead (a depth-first post-order).
+//!
+//! Memory: every array that grows with the graph grows by fallible reservation before anything
+//! is changed, so running out of memory is [`EngineError::OutOfMemory`] and leaves the arena as it
+//! was; freeing never allocates (it runs in destructors). When a release leaves the top of the
+//! slot arrays free and most of the arena unused, the arrays are cut back and their memory
+//! returned; a slot made anew afterwards starts at a generation above any its index ever had, so
+//! an old handle can never name the new node.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,7 +36,8 @@ pub struct NodeId {
 }
 
 /// What can go wrong when using the arena. None of these can be caused by a
-/// correct program using valid handles, except `TooManyNodes`.
+/// correct program using valid handles, except `TooManyNodes`, `OutOfMemory`, `NodeLimit`
+/// and `BackwardInterrupted`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EngineError {
     /// The handle's node was freed (or never existed in this process).
@@ -49,6 +57,15 @@ pub enum EngineError {
     /// A graph being recorded into a program contains a compiled call's result that was
     /// computed from one of the program's input slots: its value cannot be replayed.
     CompiledCallOnInputs,
+    /// An array of the arena could not grow: `what` names it, `count` the elements it needed.
+    /// Nothing was changed by the operation that failed.
+    OutOfMemory { what: &'static str, count: usize },
+    /// Making a node would exceed the cap set with [`Arena::set_max_nodes`] (from the
+    /// environment variable `GRADRS_MAX_NODES` in the Python extension).
+    NodeLimit { limit: usize },
+    /// A backward pass advanced in chunks ([`Arena::backward_step`]) found between two chunks
+    /// that another pass had run or the arena had been reorganised: its gradients are incomplete.
+    BackwardInterrupted,
 }
 
 impl fmt::Display for EngineError {
@@ -76,6 +93,21 @@ impl fmt::Display for EngineError {
                 f,
                 "cannot record a graph that contains a compiled call on the recorded inputs \
                  (call the inner function uncompiled, or let gradrs.compile inline it)"
+            ),
+            EngineError::OutOfMemory { what, count } => write!(
+                f,
+                "out of memory: could not grow {what} to {count} entries \
+                 (drop some Values, or build a smaller graph)"
+            ),
+            EngineError::NodeLimit { limit } => write!(
+                f,
+                "cannot make more than {limit} live nodes: the environment variable \
+                 GRADRS_MAX_NODES={limit} caps the arena (drop some Values, or raise the cap)"
+            ),
+            EngineError::BackwardInterrupted => write!(
+                f,
+                "backward() was interrupted: between two of its chunks another backward pass ran or \
+                 the arena was reorganised, so the gradients it left are incomplete; call backward() again"
             ),
         }
     }
@@ -179,6 +211,60 @@ pub struct Arena {
     worklist: Vec<u32>,
     order: Vec<u32>,
     stack: Vec<(u32, u32)>,
+    /// The generation a slot made anew starts at: above every generation any discarded slot
+    /// ever handed out, so a handle from before a trim never matches a node made after it.
+    fresh_gen: u32,
+    /// Bumped whenever `births` is renumbered or the slot arrays are cut back, which moves
+    /// what a paused backward pass remembers its place by.
+    layout: u32,
+    /// A release leaving at most this many live nodes considers trimming (see `trim`).
+    trim_below: usize,
+    /// Slot arrays up to this long are never cut back (`KEEP_SLOTS` unless a test lowers it).
+    keep_slots: usize,
+    /// Cuts leave at least this many slots: the length of a graph rebuilt after a cut, as a
+    /// training loop rebuilds its graph each step.
+    floor: usize,
+    /// The length of the arrays before the last cut, until a graph half that size is rebuilt.
+    cut_from: usize,
+    /// The most live nodes allowed at once (`usize::MAX` unless capped by `set_max_nodes`).
+    max_nodes: usize,
+}
+
+/// A backward pass in progress: [`Arena::begin_backward`] starts it and
+/// [`Arena::backward_step`] advances it a bounded amount of work at a time.
+#[derive(Debug)]
+pub struct BackwardPass {
+    root: NodeId,
+    stop_at_nan: bool,
+    /// The arena's epoch the pass marks nodes with (first the walk's, then the gradients').
+    epoch: u32,
+    /// The arena's `layout` when the pass began: positions in `births` mean the same while equal.
+    layout: u32,
+    /// How many births a sweep from the root reads, to judge the next pass's strategy.
+    span: usize,
+    stage: Stage,
+}
+
+/// Where a backward pass stands.
+#[derive(Debug)]
+enum Stage {
+    /// Sweeping `births` down to `low`; `next` is one past the next entry to read.
+    Sweep {
+        next: usize,
+        low: usize,
+        processed: usize,
+    },
+    /// Ordering the graph below the root by walking it.
+    Order {
+        order: Vec<u32>,
+        stack: Vec<(u32, u32)>,
+    },
+    /// Back-propagating along the walk's order from its end; `next` is one past the next node.
+    Walk {
+        order: Vec<u32>,
+        next: usize,
+    },
+    Done,
 }
 
 /// How a backward pass orders the nodes below its root.
@@ -193,9 +279,10 @@ pub enum Traversal {
     Walk,
 }
 
-/// Slots kept allocated after the last node dies; beyond this the storage is
-/// returned to the allocator so one huge graph does not pin its memory forever.
-const KEEP_SLOTS_WHEN_EMPTY: usize = 1 << 20;
+/// Slot arrays up to this long are never cut back, so a training loop whose graph fits rebuilds
+/// it in the same memory every step; beyond it, freeing most of the arena returns the storage to
+/// the allocator, so one huge graph does not pin its memory forever.
+const KEEP_SLOTS: usize = 1 << 20;
 
 impl Default for Arena {
     fn default() -> Self {
@@ -223,6 +310,13 @@ impl Arena {
             worklist: Vec::new(),
             order: Vec::new(),
             stack: Vec::new(),
+            fresh_gen: 0,
+            layout: 0,
+            trim_below: usize::MAX,
+            keep_slots: KEEP_SLOTS,
+            floor: 0,
+            cut_from: 0,
+            max_nodes: usize::MAX,
         }
     }
 }
@@ -238,20 +332,34 @@ impl Arena {
         self.nodes.len()
     }
 
+    /// Caps the number of live nodes: making one more than `limit` fails with
+    /// [`EngineError::NodeLimit`]. `None` lifts the cap.
+    pub fn set_max_nodes(&mut self, limit: Option<usize>) {
+        self.max_nodes = limit.unwrap_or(usize::MAX);
+    }
+
+    /// How long the slot arrays may be before freeing most of their nodes cuts them back (by
+    /// default 2**20, so a training loop below that never reallocates); tests lower it.
+    pub fn set_keep_slots(&mut self, slots: usize) {
+        self.keep_slots = slots;
+    }
+
     /// A new leaf holding `data`, with one reference owned by the caller.
     pub fn leaf(&mut self, data: f64) -> Result<NodeId> {
-        self.alloc(data, Op::Leaf, Children::None)
+        self.reserve_node(false)?;
+        Ok(self.alloc(data, Op::Leaf, Children::None))
     }
 
     /// Applies `op` to `children`, computing the value now. The new node holds one
     /// reference for the caller and one on each child per edge.
     pub fn apply(&mut self, op: Op, children: &[NodeId]) -> Result<NodeId> {
         let data = self.evaluate(&op, children)?;
+        self.reserve_node(children.len() > 2)?;
+        let links = self.children_of(children)?;
         for c in children {
             self.slots[c.slot as usize].refs += 1;
         }
-        let children = self.children_of(children);
-        self.alloc(data, op, children)
+        Ok(self.alloc(data, op, links))
     }
 
     /// `op(a)` without allocating for the child list.
@@ -261,8 +369,9 @@ impl Arena {
             return Err(wrong_arity(&op, 1));
         }
         let data = op.forward(&[x]);
+        self.reserve_node(false)?;
         self.slots[a.slot as usize].refs += 1;
-        self.alloc(data, op, Children::One(a.slot))
+        Ok(self.alloc(data, op, Children::One(a.slot)))
     }
 
     /// `op(a, b)` without allocating for the child list.
@@ -273,9 +382,10 @@ impl Arena {
             return Err(wrong_arity(&op, 2));
         }
         let data = op.forward(&[x, y]);
+        self.reserve_node(false)?;
         self.slots[a.slot as usize].refs += 1;
         self.slots[b.slot as usize].refs += 1;
-        self.alloc(data, op, Children::Two(a.slot, b.slot))
+        Ok(self.alloc(data, op, Children::Two(a.slot, b.slot)))
     }
 
     /// A node whose value and partial derivatives (one per child) were computed
@@ -290,11 +400,12 @@ impl Arena {
         for &c in children {
             self.check(c)?;
         }
+        self.reserve_node(true)?;
+        let list = self.list_of(children)?;
         for c in children {
             self.slots[c.slot as usize].refs += 1;
         }
-        let list = self.list_of(children);
-        let id = self.alloc(value, Op::Recorded, Children::Many(list))?;
+        let id = self.alloc(value, Op::Recorded, Children::Many(list));
         self.partials.insert(id.slot, partials.into());
         Ok(id)
     }
@@ -307,6 +418,10 @@ impl Arena {
         }
         let mut x = std::mem::take(&mut self.inputs);
         x.clear();
+        if x.try_reserve(children.len()).is_err() {
+            self.inputs = x;
+            return Err(out_of_memory("the operand buffer", children.len()));
+        }
         for &c in children {
             match self.check(c) {
                 Ok(node) => x.push(node.data),
@@ -321,28 +436,32 @@ impl Arena {
         Ok(value)
     }
 
-    /// The children of a new node over `ids`, its list stored when there are more than two.
-    fn children_of(&mut self, ids: &[NodeId]) -> Children {
-        match *ids {
+    /// The children of a new node over `ids`, its list stored when there are more than two
+    /// (after `reserve_node(true)` made room for the list).
+    fn children_of(&mut self, ids: &[NodeId]) -> Result<Children> {
+        Ok(match *ids {
             [] => Children::None,
             [a] => Children::One(a.slot),
             [a, b] => Children::Two(a.slot, b.slot),
-            _ => Children::Many(self.list_of(ids)),
-        }
+            _ => Children::Many(self.list_of(ids)?),
+        })
     }
 
-    fn list_of(&mut self, ids: &[NodeId]) -> u32 {
-        let list = ids.iter().map(|c| c.slot).collect();
-        match self.free_lists.pop() {
+    fn list_of(&mut self, ids: &[NodeId]) -> Result<u32> {
+        let mut list = Vec::new();
+        list.try_reserve_exact(ids.len())
+            .map_err(|_| out_of_memory("a list of children", ids.len()))?;
+        list.extend(ids.iter().map(|c| c.slot));
+        Ok(match self.free_lists.pop() {
             Some(index) => {
                 self.lists[index as usize] = list;
                 index
             }
             None => {
-                self.lists.push(list);
+                self.lists.push(list); // within the capacity `reserve_node` made
                 (self.lists.len() - 1) as u32
             }
-        }
+        })
     }
 
     /// Child `i` of a node with `children`.
@@ -364,24 +483,88 @@ impl Arena {
         }
     }
 
-    fn alloc(&mut self, data: f64, op: Op, children: Children) -> Result<NodeId> {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                let slot = u32::try_from(self.nodes.len()).map_err(|_| EngineError::TooManyNodes)?;
-                if slot == u32::MAX {
-                    return Err(EngineError::TooManyNodes);
-                }
-                self.nodes.push(Node::VACANT);
-                self.links.push(Link::default());
-                self.slots.push(Slot::default());
-                slot
+    /// Makes room for one more node (and with `list`, one more list of children), so that making
+    /// it cannot fail halfway: every push `alloc` and `list_of` make fits afterwards, and so does
+    /// every push a later release makes (a release runs in destructors and cannot fail).
+    #[inline(always)]
+    fn reserve_node(&mut self, list: bool) -> Result<()> {
+        // The common case, a free slot and room everywhere, decided in a few compares.
+        let roomy = !self.free.is_empty()
+            && self.births.len() < self.births.capacity()
+            && self.births.len() < 2 * self.live + 4096
+            && self.live < self.max_nodes;
+        if roomy && !list {
+            return Ok(());
+        }
+        self.reserve_node_slowly(list)
+    }
+
+    #[inline(never)]
+    fn reserve_node_slowly(&mut self, list: bool) -> Result<()> {
+        if self.live >= self.max_nodes {
+            return Err(EngineError::NodeLimit {
+                limit: self.max_nodes,
+            });
+        }
+        if self.free.is_empty() {
+            let slots = self.nodes.len() + 1;
+            if slots >= u32::MAX as usize {
+                return Err(EngineError::TooManyNodes);
             }
-        };
+            grow(&mut self.nodes, "the arena's node values")?;
+            grow(&mut self.links, "the arena's child links")?;
+            grow(&mut self.slots, "the arena's slot table")?;
+            // Each freed slot goes on `free`: room for all of them now, none while freeing.
+            if self.free.capacity() < slots {
+                let more = slots - self.free.len();
+                self.free
+                    .try_reserve(more)
+                    .map_err(|_| out_of_memory("the arena's free list", slots))?;
+            }
+        }
         if self.births.len() >= 2 * self.live + 4096 {
             self.compact_births();
         }
-        let birth = u32::try_from(self.births.len()).map_err(|_| EngineError::TooManyNodes)?;
+        if self.births.len() >= u32::MAX as usize {
+            return Err(EngineError::TooManyNodes);
+        }
+        grow(&mut self.births, "the arena's list of births")?;
+        if list && self.free_lists.is_empty() {
+            grow(&mut self.lists, "the arena's lists of children")?;
+            let lists = self.lists.len() + 1;
+            if self.free_lists.capacity() < lists {
+                let more = lists - self.free_lists.len();
+                self.free_lists
+                    .try_reserve(more)
+                    .map_err(|_| out_of_memory("the arena's free lists", lists))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a node in room `reserve_node` made.
+    fn alloc(&mut self, data: f64, op: Op, children: Children) -> NodeId {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = self.nodes.len() as u32; // below u32::MAX: checked by `reserve_node`
+                self.nodes.push(Node::VACANT);
+                self.links.push(Link::default());
+                self.slots.push(Slot {
+                    gen: self.fresh_gen,
+                    ..Slot::default()
+                });
+                self.trim_below = usize::MAX;
+                if self.cut_from != 0 && self.nodes.len() >= self.cut_from / 2 {
+                    // The graph the arrays were cut back from is being rebuilt, as a training loop
+                    // does each step: keep room for it from now on instead of cutting every step.
+                    self.floor = self.floor.max(self.cut_from);
+                    self.cut_from = 0;
+                }
+                slot
+            }
+        };
+        let birth = self.births.len() as u32; // at most 2 * live + 4096 after `reserve_node`
         let earlier = |a: u32, b: u32| {
             if self.slots[a as usize].birth <= self.slots[b as usize].birth {
                 a
@@ -409,10 +592,10 @@ impl Arena {
         bookkeeping.birth = birth;
         bookkeeping.low = low;
         self.live += 1;
-        Ok(NodeId {
+        NodeId {
             slot,
             gen: bookkeeping.gen,
-        })
+        }
     }
 
     /// Drops the entries of freed nodes from `births`, renumbering the living in the same order.
@@ -427,6 +610,7 @@ impl Arena {
             }
         }
         self.births.truncate(kept);
+        self.layout = self.layout.wrapping_add(1);
     }
 
     /// Whether `id` names the node living in its slot now.
@@ -465,6 +649,7 @@ impl Arena {
     /// Drops a reference; frees the node and, in turn, any children nothing else
     /// refers to. A stale handle is ignored: releasing is called from destructors,
     /// which have no way to report an error.
+    #[inline]
     pub fn release(&mut self, id: NodeId) {
         match self.slots.get_mut(id.slot as usize) {
             Some(bookkeeping) if bookkeeping.refs > 0 && bookkeeping.gen == id.gen => {
@@ -476,9 +661,19 @@ impl Arena {
             }
             _ => return,
         }
+        self.free_from(id.slot);
+    }
+
+    /// Drops the last reference to the node in `slot`, freeing it and whatever only it kept.
+    #[inline(never)]
+    fn free_from(&mut self, slot: u32) {
         let mut work = std::mem::take(&mut self.worklist);
         work.clear();
-        work.push(id.slot);
+        if work.try_reserve(1).is_err() {
+            self.worklist = work;
+            return; // out of memory for even one entry: keep the node (a leak, never a crash)
+        }
+        work.push(slot);
         while let Some(slot) = work.pop() {
             let at = slot as usize;
             let bookkeeping = &mut self.slots[at];
@@ -488,14 +683,29 @@ impl Arena {
             }
             bookkeeping.gen = bookkeeping.gen.wrapping_add(1);
             self.births[bookkeeping.birth as usize] = DEAD;
-            match std::mem::take(&mut self.links[at].children) {
+            let children = std::mem::take(&mut self.links[at].children);
+            let below = match children {
+                Children::None => 0,
+                Children::One(_) => 1,
+                Children::Two(..) => 2,
+                Children::Many(list) => self.lists[list as usize].len(),
+            };
+            // Freeing runs in destructors and cannot report failure. Should the worklist not
+            // grow, the children keep the references this node held: they stay alive,
+            // unreachable (a leak, counted by `live_nodes`), rather than the process aborting.
+            let room = work.capacity() - work.len() >= below || work.try_reserve(below).is_ok();
+            match children {
                 Children::None => {}
-                Children::One(a) => work.push(a),
-                Children::Two(a, b) => work.extend([a, b]),
+                Children::One(a) if room => work.push(a),
+                Children::Two(a, b) if room => work.extend([a, b]),
                 Children::Many(list) => {
-                    work.extend_from_slice(&std::mem::take(&mut self.lists[list as usize]));
-                    self.free_lists.push(list);
+                    let list_children = std::mem::take(&mut self.lists[list as usize]);
+                    if room {
+                        work.extend_from_slice(&list_children);
+                    }
+                    self.free_lists.push(list); // within capacity: see `reserve_node`
                 }
+                Children::One(_) | Children::Two(..) => {}
             }
             if matches!(self.nodes[at].op, Op::Recorded) {
                 self.partials.remove(&slot);
@@ -504,30 +714,74 @@ impl Arena {
             if !self.labels.is_empty() {
                 self.labels.remove(&slot);
             }
-            self.free.push(slot);
+            self.free.push(slot); // within capacity: see `reserve_node`
             self.live -= 1;
         }
         self.worklist = work;
-        if self.live == 0 && self.nodes.len() > KEEP_SLOTS_WHEN_EMPTY {
-            self.shrink();
+        if self.live <= self.trim_below
+            && self.nodes.len() > self.keep_slots
+            && self.live < self.nodes.len() / 4
+        {
+            self.trim();
         }
     }
 
-    /// Returns the storage of an empty arena. Generations restart, which is safe
-    /// because no handle can exist while nothing is live.
-    fn shrink(&mut self) {
-        self.nodes = Vec::new();
-        self.links = Vec::new();
-        self.slots = Vec::new();
-        self.births = Vec::new();
-        self.lists = Vec::new();
-        self.free_lists = Vec::new();
-        self.free = Vec::new();
-        self.worklist = Vec::new();
-        self.order = Vec::new();
-        self.stack = Vec::new();
-        self.labels = BTreeMap::new();
-        self.partials = BTreeMap::new();
+    /// Cuts the slot arrays back to just past the highest live slot (but not below `floor`)
+    /// and returns the memory, when that frees at least half of them (the common case: a model
+    /// made first, then a big graph over it, now dropped). Called only once most of the arena is
+    /// free, and not again until the live count halves or the arrays grow; and once a graph is
+    /// rebuilt after a cut, its size is kept, so a loop that builds and drops a big graph each
+    /// step pays for one cut, not one per step.
+    #[cold]
+    fn trim(&mut self) {
+        self.trim_below = self.live / 2;
+        let mut end = self.slots.len();
+        let mut fresh_gen = self.fresh_gen;
+        while end > self.floor && self.slots[end - 1].refs == 0 {
+            end -= 1;
+            // A freed slot's generation was bumped when it was freed: no handle has it yet.
+            fresh_gen = fresh_gen.max(self.slots[end].gen);
+        }
+        if end > self.slots.len() / 2 {
+            return;
+        }
+        self.fresh_gen = fresh_gen;
+        self.cut_from = self.slots.len();
+        self.nodes.truncate(end);
+        self.links.truncate(end);
+        self.slots.truncate(end);
+        self.free.retain(|&slot| (slot as usize) < end);
+        self.nodes.shrink_to_fit();
+        self.links.shrink_to_fit();
+        self.slots.shrink_to_fit();
+        self.free.shrink_to(end); // still room for every slot, as releases need
+        self.compact_births();
+        self.births.shrink_to_fit();
+        // The lists at the end that are free go too (a free list's vector is empty already).
+        self.free_lists.sort_unstable();
+        while self
+            .free_lists
+            .last()
+            .is_some_and(|&last| last as usize + 1 == self.lists.len())
+        {
+            self.free_lists.pop();
+            self.lists.pop();
+        }
+        self.lists.shrink_to_fit();
+        self.free_lists.shrink_to(self.lists.len());
+        // The scratch buffers grew with the graph; they regrow on demand.
+        for buffer in [&mut self.worklist, &mut self.order] {
+            if buffer.capacity() > end + 4096 {
+                *buffer = Vec::new();
+            }
+        }
+        if self.stack.capacity() > end + 4096 {
+            self.stack = Vec::new();
+        }
+        if self.inputs.capacity() > 4096 {
+            self.inputs = Vec::new();
+        }
+        return_free_heap_to_the_system();
     }
 
     pub fn view(&self, id: NodeId) -> Result<NodeView<'_>> {
@@ -631,8 +885,15 @@ impl Arena {
     /// of an explicit-stack depth-first search; each node appears once).
     pub fn topological_order(&mut self, root: NodeId) -> Result<Vec<NodeId>> {
         self.check(root)?;
-        Ok(self
-            .topo_slots(root.slot)
+        let epoch = self.next_epoch();
+        let mut order = Vec::new();
+        let mut stack = std::mem::take(&mut self.stack);
+        let walked = self
+            .start_walk(root.slot, &mut stack, epoch)
+            .and_then(|()| self.walk_post_order(&mut order, &mut stack, epoch, usize::MAX));
+        self.stack = stack;
+        walked?;
+        Ok(order
             .into_iter()
             .map(|slot| NodeId {
                 slot,
@@ -650,18 +911,31 @@ impl Arena {
         self.epoch
     }
 
-    /// Post-order from `root` into `self.order`. It reads only the children and the
-    /// marks, and the buffers are kept between calls, so a training loop's backward
-    /// does not allocate.
-    fn topo_slots(&mut self, root: u32) -> Vec<u32> {
-        let epoch = self.next_epoch();
-        let mut order = std::mem::take(&mut self.order);
-        let mut stack = std::mem::take(&mut self.stack);
-        order.clear();
+    fn start_walk(&mut self, root: u32, stack: &mut Vec<(u32, u32)>, epoch: u32) -> Result<()> {
         stack.clear();
+        grow(stack, "the backward pass's walk stack")?;
         stack.push((root, 0));
         self.links[root as usize].mark = epoch;
+        Ok(())
+    }
+
+    /// Continues a depth-first walk, appending to `order` in post-order, for about `budget` steps
+    /// (one per node and one per edge); `Ok(true)` once the walk is complete. It reads only the children and the
+    /// marks, and the buffers are kept between calls, so a training loop's backward does not
+    /// allocate.
+    fn walk_post_order(
+        &mut self,
+        order: &mut Vec<u32>,
+        stack: &mut Vec<(u32, u32)>,
+        epoch: u32,
+        budget: usize,
+    ) -> Result<bool> {
+        let mut spent = 0usize;
         while let Some(top) = stack.last_mut() {
+            if spent >= budget {
+                return Ok(false);
+            }
+            spent += 1;
             let (slot, next) = *top;
             match self.child(self.links[slot as usize].children, next as usize) {
                 Some(child) => {
@@ -669,17 +943,18 @@ impl Arena {
                     let mark = &mut self.links[child as usize].mark;
                     if *mark != epoch {
                         *mark = epoch;
+                        grow(stack, "the backward pass's walk stack")?;
                         stack.push((child, 0));
                     }
                 }
                 None => {
+                    grow(order, "the backward pass's node order")?;
                     order.push(slot);
                     stack.pop();
                 }
             }
         }
-        self.stack = stack;
-        order
+        Ok(true)
     }
 
     /// Back-propagates from `root`: resets the gradients of the interior nodes it
@@ -694,23 +969,109 @@ impl Arena {
     /// [`Arena::backward`], optionally stopping at the first nan contribution
     /// with [`EngineError::NanGradient`] naming the op that produced it.
     pub fn backward_checked(&mut self, root: NodeId, stop_at_nan: bool) -> Result<()> {
+        let mut pass = self.begin_backward(root, stop_at_nan)?;
+        while !self.backward_step(&mut pass, usize::MAX)? {}
+        Ok(())
+    }
+
+    /// Starts a backward pass from `root` without running it: [`Arena::backward_step`] runs it,
+    /// a bounded number of nodes at a time, so that a caller can let go of the arena between
+    /// chunks. Until it is complete, the gradients below `root` are a mix of this pass's and
+    /// the last one's.
+    pub fn begin_backward(&mut self, root: NodeId, stop_at_nan: bool) -> Result<BackwardPass> {
         self.check(root)?;
-        let span = self.birth_span(root.slot).len();
+        let span = self.birth_span(root.slot);
         let by_birth = match self.traversal {
             Traversal::Auto => self.sweep_pays,
             Traversal::Births => true,
             Traversal::Walk => false,
         };
-        let (outcome, processed) = if by_birth {
-            self.backward_by_birth(root.slot, stop_at_nan)
+        let epoch = self.next_epoch();
+        let stage = if by_birth {
+            self.give(root.slot, 1.0, epoch);
+            Stage::Sweep {
+                next: span.end,
+                low: span.start,
+                processed: 0,
+            }
         } else {
-            self.backward_by_walk(root.slot, stop_at_nan)
+            let mut order = std::mem::take(&mut self.order);
+            let mut stack = std::mem::take(&mut self.stack);
+            order.clear();
+            self.start_walk(root.slot, &mut stack, epoch)?;
+            Stage::Order { order, stack }
         };
-        // Sweeping the births from the root's down to its `low` reads every node made in
-        // between, reached or not: far cheaper than discovering the graph by walking it, unless
-        // the span is mostly other graphs still alive. Judge by this pass for the next one.
-        self.sweep_pays = span <= 8 * processed + 4096;
-        outcome
+        Ok(BackwardPass {
+            root,
+            stop_at_nan,
+            epoch,
+            layout: self.layout,
+            span: span.len(),
+            stage,
+        })
+    }
+
+    /// Advances `pass` by about `budget` nodes; `Ok(true)` once it is complete. A pass can be
+    /// resumed after any other use of the arena except one that invalidates where it stands:
+    /// another backward pass or `topological_order`, a renumbering of the births (making nodes
+    /// or freeing many can cause one), or freeing its root. Then it fails with
+    /// [`EngineError::BackwardInterrupted`] rather than finish with wrong gradients.
+    pub fn backward_step(&mut self, pass: &mut BackwardPass, budget: usize) -> Result<bool> {
+        if matches!(pass.stage, Stage::Done) {
+            return Ok(true);
+        }
+        if self.epoch != pass.epoch || self.layout != pass.layout || !self.holds(pass.root) {
+            pass.stage = Stage::Done;
+            return Err(EngineError::BackwardInterrupted);
+        }
+        let (root, stop_at_nan, epoch) = (pass.root.slot, pass.stop_at_nan, pass.epoch);
+        let outcome = match &mut pass.stage {
+            Stage::Sweep { next, low, processed } => {
+                let outcome = self.sweep_births(next, *low, budget, stop_at_nan, epoch, processed);
+                outcome.map(|()| (*next == *low).then_some(*processed))
+            }
+            Stage::Order { order, stack } => match self.walk_post_order(order, stack, epoch, budget) {
+                Ok(false) => return Ok(false),
+                Ok(true) => {
+                    let order = std::mem::take(order);
+                    pass.epoch = self.next_epoch();
+                    self.give(root, 1.0, pass.epoch);
+                    pass.stage = Stage::Walk {
+                        next: order.len(),
+                        order,
+                    };
+                    return Ok(false);
+                }
+                Err(e) => {
+                    pass.stage = Stage::Done; // no gradient was given yet
+                    return Err(e);
+                }
+            },
+            Stage::Walk { order, next } => {
+                let outcome = self.propagate_along(order, next, budget, stop_at_nan, epoch);
+                outcome.map(|()| (*next == 0).then_some(order.len()))
+            }
+            Stage::Done => Ok(None),
+        };
+        match outcome {
+            Ok(None) => Ok(false),
+            Ok(Some(processed)) => {
+                // Sweeping the births from the root's down to its `low` reads every node made in
+                // between, reached or not: far cheaper than discovering the graph by walking it,
+                // unless the span is mostly other graphs still alive. Judge by this pass for the
+                // next one.
+                self.sweep_pays = pass.span <= 8 * processed + 4096;
+                if let Stage::Walk { order, .. } = std::mem::replace(&mut pass.stage, Stage::Done) {
+                    self.order = order; // kept for the next pass
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                pass.stage = Stage::Done;
+                self.clear_unreached(root, epoch);
+                Err(e)
+            }
+        }
     }
 
     /// The births a backward pass from `root` may reach: from the earliest-born node below it
@@ -726,17 +1087,27 @@ impl Arena {
         self.traversal = traversal;
     }
 
-    /// Backward in reverse order of birth over `low..=birth` of the root: each node comes after
-    /// every node made from it, and the order is read sequentially instead of discovered.
-    fn backward_by_birth(&mut self, root: u32, stop_at_nan: bool) -> (Result<()>, usize) {
-        let span = self.birth_span(root);
-        let low = span.start;
-        let pass = self.next_epoch();
-        self.give(root, 1.0, pass);
+    /// Backward over the births from `*next` down to `low`, latest first, until about `budget`
+    /// units of work are done (a node, plus its children when it has many); leaves `*next` at
+    /// where to resume. Each node comes after every node made from it, and the order is read
+    /// sequentially instead of discovered. Counts the nodes it goes through into `processed`.
+    fn sweep_births(
+        &mut self,
+        next: &mut usize,
+        low: usize,
+        budget: usize,
+        stop_at_nan: bool,
+        pass: u32,
+        processed: &mut usize,
+    ) -> Result<()> {
+        let stop = next.saturating_sub(budget).max(low);
         let mut x = std::mem::take(&mut self.inputs);
-        let mut processed = 0;
         let mut outcome = Ok(());
-        for at in span.rev() {
+        let mut resume = stop;
+        // The budget counts births read; n-ary nodes' children are added as they come.
+        let mut extra = 0usize;
+        let mut reached = 0usize;
+        for at in (stop..*next).rev() {
             if let Some(ahead) = at.checked_sub(PREFETCH_DISTANCE).filter(|&a| a >= low) {
                 let slot = self.births[ahead] as usize;
                 if slot != DEAD as usize {
@@ -751,43 +1122,66 @@ impl Arena {
             if self.links[slot as usize].mark != pass {
                 continue; // not below the root (nothing passed it a gradient)
             }
-            processed += 1;
-            if let Err(e) = self.propagate_step(slot, &mut x, stop_at_nan, pass) {
-                outcome = Err(e);
-                break;
+            reached += 1;
+            match self.propagate_step(slot, &mut x, stop_at_nan, pass) {
+                Ok(0) => {}
+                Ok(more) => {
+                    extra += more;
+                    if extra + (*next - at) >= budget {
+                        resume = at;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
         }
+        *next = resume;
+        *processed += reached;
         self.inputs = x;
-        if outcome.is_err() {
-            self.clear_unreached(root, pass);
-        }
-        (outcome, processed)
+        outcome
     }
 
-    /// Backward in reverse post-order of a walk from the root.
-    fn backward_by_walk(&mut self, root: u32, stop_at_nan: bool) -> (Result<()>, usize) {
-        let order = self.topo_slots(root);
-        let pass = self.next_epoch();
-        self.give(root, 1.0, pass);
+    /// Backward along `order` (a post-order walk from the root) from `*next` down to its start,
+    /// last node first, until about `budget` units of work are done (as `sweep_births`).
+    fn propagate_along(
+        &mut self,
+        order: &[u32],
+        next: &mut usize,
+        budget: usize,
+        stop_at_nan: bool,
+        pass: u32,
+    ) -> Result<()> {
+        let stop = next.saturating_sub(budget);
         let mut x = std::mem::take(&mut self.inputs);
         let mut outcome = Ok(());
-        for (at, &slot) in order.iter().enumerate().rev() {
+        let mut resume = stop;
+        let mut extra = 0usize;
+        for at in (stop..*next).rev() {
             if let Some(&ahead) = order.get(at.wrapping_sub(PREFETCH_DISTANCE)) {
                 prefetch(&self.nodes[ahead as usize]);
                 prefetch(&self.links[ahead as usize]);
             }
-            if let Err(e) = self.propagate_step(slot, &mut x, stop_at_nan, pass) {
-                outcome = Err(e);
-                break;
+            match self.propagate_step(order[at], &mut x, stop_at_nan, pass) {
+                Ok(0) => {}
+                Ok(more) => {
+                    extra += more;
+                    if extra + (*next - at) >= budget {
+                        resume = at;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
         }
+        *next = resume;
         self.inputs = x;
-        let processed = order.len();
-        self.order = order;
-        if outcome.is_err() {
-            self.clear_unreached(root, pass);
-        }
-        (outcome, processed)
+        outcome
     }
 
     /// After a pass stopped early: the interior nodes below the root that it had not reached
@@ -809,13 +1203,14 @@ impl Arena {
     }
 
     /// One node's share of a backward pass: its gradient times each local derivative, given to
-    /// its children.
+    /// its children. Returns the work beyond one unit it took: the children of an n-ary node,
+    /// so that a chunk of a pass is bounded in time and not only in nodes.
     #[inline(always)]
-    fn propagate_step(&mut self, slot: u32, x: &mut Vec<f64>, stop_at_nan: bool, pass: u32) -> Result<()> {
+    fn propagate_step(&mut self, slot: u32, x: &mut Vec<f64>, stop_at_nan: bool, pass: u32) -> Result<usize> {
         let node = &self.nodes[slot as usize];
         let (op, g, out) = (node.op, node.grad, node.data);
         match self.links[slot as usize].children {
-            Children::None => Ok(()),
+            Children::None => Ok(0),
             Children::One(a) => {
                 let x = [self.nodes[a as usize].data];
                 let da = op.local_grad(&x, out, 0) * g;
@@ -823,7 +1218,7 @@ impl Arena {
                     Err(nan_gradient(op, &x, g))
                 } else {
                     self.give(a, da, pass);
-                    Ok(())
+                    Ok(0)
                 }
             }
             Children::Two(a, b) => {
@@ -835,10 +1230,13 @@ impl Arena {
                 } else {
                     self.give(a, da, pass);
                     self.give(b, db, pass);
-                    Ok(())
+                    Ok(0)
                 }
             }
-            Children::Many(list) => self.backward_many(slot, list, x, stop_at_nan, pass),
+            Children::Many(list) => {
+                self.backward_many(slot, list, x, stop_at_nan, pass)?;
+                Ok(x.len())
+            }
         }
     }
 
@@ -897,9 +1295,15 @@ impl Arena {
         } = self.nodes[slot as usize];
         let children = std::mem::take(&mut self.lists[list as usize]);
         x.clear();
+        if x.try_reserve(children.len()).is_err() {
+            let count = children.len();
+            self.lists[list as usize] = children;
+            return Err(out_of_memory("the backward pass's operand buffer", count));
+        }
         x.extend(children.iter().map(|&c| self.nodes[c as usize].data));
+        // Borrowed out of the map for the loop (an empty box takes its place), not copied.
         let recorded = match op {
-            Op::Recorded => self.partials.get(&slot).cloned(),
+            Op::Recorded => self.partials.get_mut(&slot).map(std::mem::take),
             _ => None,
         };
         let mut result = Ok(());
@@ -916,6 +1320,9 @@ impl Arena {
             self.give(child, amount, pass);
         }
         self.lists[list as usize] = children;
+        if let (Some(partials), Some(entry)) = (recorded, self.partials.get_mut(&slot)) {
+            *entry = partials;
+        }
         result
     }
 }
@@ -946,6 +1353,39 @@ fn nan_gradient(op: Op, inputs: &[f64], upstream: f64) -> EngineError {
         inputs: inputs.to_vec(),
         upstream,
     }
+}
+
+/// glibc serves allocations below its (self-raising) mmap threshold, up to 32 MiB, from the heap,
+/// and gives the heap's free pages back only when the free space at its top is large: the arrays
+/// `trim` just freed could stay resident. Asking explicitly returns them.
+fn return_free_heap_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's malloc_trim takes no pointers and only releases free memory of the
+        // allocator that std uses; it is safe to call from any thread at any time.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
+/// Makes room for one more element in `items`, growing it the amortised way, or says what could
+/// not be allocated.
+#[inline(always)]
+fn grow<T>(items: &mut Vec<T>, what: &'static str) -> Result<()> {
+    if items.len() == items.capacity() {
+        let needed = items.len() + 1;
+        items.try_reserve(1).map_err(|_| out_of_memory(what, needed))?;
+    }
+    Ok(())
+}
+
+#[cold]
+fn out_of_memory(what: &'static str, count: usize) -> EngineError {
+    EngineError::OutOfMemory { what, count }
 }
 
 fn wrong_arity(op: &Op, got: usize) -> EngineError {
@@ -1138,5 +1578,236 @@ mod tests {
         assert!(arena.grad(a).unwrap().is_nan());
         let err = arena.backward_checked(d, true).unwrap_err();
         assert!(matches!(err, EngineError::NanGradient { .. }), "{err}");
+    }
+
+    /// A chain of `n` nodes over `x` (`x + 1 + 1 ...`), its end held by the caller.
+    fn chain(arena: &mut Arena, x: NodeId, n: usize) -> NodeId {
+        arena.retain(x).unwrap();
+        let mut y = x;
+        for _ in 0..n {
+            let next = arena.apply1(Op::AddScalar(1.0), y).unwrap();
+            arena.release(y);
+            y = next;
+        }
+        y
+    }
+
+    #[test]
+    fn a_handle_from_before_the_arrays_were_cut_back_stays_stale() {
+        let mut arena = Arena::new();
+        arena.set_keep_slots(16);
+        let mut old: Vec<NodeId> = Vec::new();
+        // Rebuilding a graph as big as the one cut keeps that many slots from then on; the
+        // rounds grow so that each cuts some slots anew.
+        for (n, kept) in [(100, 0), (400, 100), (1600, 400)] {
+            let ids: Vec<NodeId> = (0..n).map(|i| arena.leaf(i as f64).unwrap()).collect();
+            for &id in &ids {
+                arena.release(id);
+            }
+            assert_eq!(arena.capacity(), kept, "everything was freed, so cut back");
+            old.extend(ids);
+            // New nodes fill slot 0 and up again; none of them may answer to an old handle.
+            let new: Vec<NodeId> = (0..n).map(|i| arena.leaf(-(i as f64)).unwrap()).collect();
+            for &id in &old {
+                assert!(!arena.is_live(id), "{id:?} names a new node");
+                assert_eq!(arena.data(id), Err(EngineError::StaleHandle(id)));
+                arena.release(id); // ignored, not taken from the new node
+            }
+            assert_eq!(arena.live_nodes(), n);
+            assert!(new.iter().all(|&id| arena.is_live(id)));
+            old.extend(new.iter().copied());
+            for id in new {
+                arena.release(id);
+            }
+        }
+    }
+
+    #[test]
+    fn dropping_a_big_graph_made_after_a_model_returns_its_memory() {
+        let mut arena = Arena::new();
+        arena.set_keep_slots(1000);
+        let model: Vec<NodeId> = (0..10).map(|i| arena.leaf(i as f64).unwrap()).collect();
+        let y = chain(&mut arena, model[3], 100_000);
+        let below = chain(&mut arena, model[4], 10);
+        arena.release(below);
+        arena.backward(y).unwrap();
+        assert_eq!(arena.grad(model[3]).unwrap(), 1.0);
+        assert!(arena.capacity() > 100_000);
+        arena.release(y);
+        assert_eq!(arena.live_nodes(), 10);
+        assert_eq!(arena.capacity(), 10, "cut back to the model");
+        assert!(arena.nodes.capacity() < 100 && arena.births.capacity() < 100);
+        assert!(arena.free.is_empty() && arena.order.capacity() < 5000);
+        assert!(!arena.is_live(y));
+        // The model still works, and a smaller graph grows the arrays again, to be cut again.
+        let y = chain(&mut arena, model[3], 20_000);
+        arena.backward(y).unwrap();
+        assert_eq!(arena.grad(model[3]).unwrap(), 2.0);
+        arena.release(y);
+        assert_eq!(arena.capacity(), 10);
+    }
+
+    #[test]
+    fn a_loop_rebuilding_a_big_graph_is_cut_back_once_not_every_step() {
+        let mut arena = Arena::new();
+        arena.set_keep_slots(1000);
+        let x = arena.leaf(1.0).unwrap();
+        let mut capacities = Vec::new();
+        for _ in 0..4 {
+            let y = chain(&mut arena, x, 100_000);
+            arena.release(y);
+            capacities.push(arena.capacity());
+        }
+        assert_eq!(capacities, [1, 100_001, 100_001, 100_001]);
+        let stale = chain(&mut arena, x, 10); // generations stay fresh across the kept slots
+        arena.release(stale);
+        assert!(!arena.is_live(stale));
+        arena.release(x);
+    }
+
+    #[test]
+    fn arrays_are_not_cut_while_their_top_is_alive() {
+        let mut arena = Arena::new();
+        arena.set_keep_slots(1000);
+        let x = arena.leaf(1.0).unwrap();
+        let y = chain(&mut arena, x, 10_000);
+        let top = arena.leaf(2.0).unwrap(); // made last: holds the top slot
+        arena.release(y);
+        assert_eq!(arena.live_nodes(), 2);
+        assert_eq!(arena.capacity(), 10_002);
+        // Releases below half the live count at the last attempt try again; nothing else does.
+        assert_eq!(arena.trim_below, 1);
+        arena.release(top);
+        assert_eq!(arena.capacity(), 1);
+        arena.release(x);
+    }
+
+    #[test]
+    fn a_node_limit_fails_cleanly() {
+        let mut arena = Arena::new();
+        arena.set_max_nodes(Some(3));
+        let a = arena.leaf(1.0).unwrap();
+        let b = arena.leaf(2.0).unwrap();
+        let c = arena.apply2(Op::Mul, a, b).unwrap();
+        assert_eq!(arena.leaf(0.0), Err(EngineError::NodeLimit { limit: 3 }));
+        assert_eq!(
+            arena.apply2(Op::Add, a, c),
+            Err(EngineError::NodeLimit { limit: 3 })
+        );
+        assert!(arena.apply(Op::Sum, &[a, b, c]).is_err());
+        assert!(arena.recorded(1.0, &[a], vec![1.0]).is_err());
+        assert!(arena
+            .leaf(0.0)
+            .unwrap_err()
+            .to_string()
+            .contains("GRADRS_MAX_NODES=3"));
+        // Nothing was half made: the refcounts are as they were, so one release frees each.
+        arena.release(c);
+        assert_eq!(arena.live_nodes(), 2);
+        let d = arena.apply2(Op::Add, a, b).unwrap();
+        arena.backward(d).unwrap();
+        assert_eq!(arena.grad(a).unwrap(), 1.0);
+        for id in [d, a, b] {
+            arena.release(id);
+        }
+        assert_eq!(arena.live_nodes(), 0);
+        arena.set_max_nodes(None);
+        assert!(arena.leaf(0.0).is_ok());
+    }
+
+    /// Runs a backward pass `budget` nodes at a time.
+    fn backward_in_chunks(
+        arena: &mut Arena,
+        root: NodeId,
+        budget: usize,
+        stop_at_nan: bool,
+    ) -> Result<usize> {
+        let mut pass = arena.begin_backward(root, stop_at_nan)?;
+        let mut steps = 1;
+        while !arena.backward_step(&mut pass, budget)? {
+            steps += 1;
+        }
+        Ok(steps)
+    }
+
+    #[test]
+    fn a_backward_in_chunks_equals_one_in_one_go() {
+        for traversal in [Traversal::Births, Traversal::Walk] {
+            let mut arena = Arena::new();
+            arena.set_traversal(traversal);
+            let (a, b) = (arena.leaf(0.3).unwrap(), arena.leaf(-0.7).unwrap());
+            let mut y = arena.apply2(Op::Mul, a, b).unwrap();
+            for i in 0..200 {
+                let t = arena.apply1(Op::Tanh, y).unwrap();
+                let next = arena
+                    .apply(Op::Sum, &[t, if i % 2 == 0 { a } else { b }, y])
+                    .unwrap();
+                arena.release(t);
+                arena.release(y);
+                y = next;
+            }
+            arena.backward(y).unwrap();
+            let whole = [arena.grad(a).unwrap(), arena.grad(b).unwrap()];
+            for budget in [1, 7, 1000] {
+                arena.set_grad_of(&[a, b], &[0.0, 0.0]).unwrap();
+                let steps = backward_in_chunks(&mut arena, y, budget, false).unwrap();
+                assert!(budget > 500 || steps > 50, "{traversal:?}: {steps} steps");
+                assert_eq!([arena.grad(a).unwrap(), arena.grad(b).unwrap()], whole);
+            }
+        }
+    }
+
+    #[test]
+    fn a_paused_backward_refuses_to_resume_on_a_changed_arena() {
+        let mut arena = Arena::new();
+        let x = arena.leaf(1.0).unwrap();
+        let y = chain(&mut arena, x, 1000);
+        // Another backward pass in between.
+        let mut pass = arena.begin_backward(y, false).unwrap();
+        assert!(!arena.backward_step(&mut pass, 10).unwrap());
+        arena.backward(y).unwrap();
+        assert_eq!(
+            arena.backward_step(&mut pass, 10),
+            Err(EngineError::BackwardInterrupted)
+        );
+        assert_eq!(
+            arena.backward_step(&mut pass, 10),
+            Ok(true),
+            "and it stays finished"
+        );
+        // Births renumbered in between (churn makes the arena compact them).
+        let mut pass = arena.begin_backward(y, false).unwrap();
+        assert!(!arena.backward_step(&mut pass, 10).unwrap());
+        for _ in 0..10_000 {
+            let id = arena.leaf(0.0).unwrap();
+            arena.release(id);
+        }
+        assert_eq!(
+            arena.backward_step(&mut pass, 10),
+            Err(EngineError::BackwardInterrupted)
+        );
+        // Making and freeing a few nodes does not disturb it.
+        let mut pass = arena.begin_backward(y, false).unwrap();
+        assert!(!arena.backward_step(&mut pass, 10).unwrap());
+        let z = arena.apply1(Op::Exp, x).unwrap();
+        arena.release(z);
+        while !arena.backward_step(&mut pass, 10).unwrap() {}
+        arena.set_grad(x, 0.0).unwrap();
+        arena.backward(y).unwrap();
+        assert_eq!(arena.grad(x).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn nan_gradients_are_reported_in_chunks_too() {
+        let mut arena = Arena::new();
+        let a = arena.leaf(0.0).unwrap();
+        let b = arena.apply1(Op::PowScalar(0.5), a).unwrap();
+        let c = arena.apply1(Op::MulScalar(0.0), b).unwrap();
+        let d = chain(&mut arena, c, 50);
+        for traversal in [Traversal::Births, Traversal::Walk] {
+            arena.set_traversal(traversal);
+            let err = backward_in_chunks(&mut arena, d, 3, true).unwrap_err();
+            assert!(matches!(err, EngineError::NanGradient { .. }), "{err}");
+        }
     }
 }

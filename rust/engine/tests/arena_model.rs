@@ -1,6 +1,8 @@
 //! Drives the arena with random sequences of create / op / retain / drop / set-data / backward,
 //! and checks it against a plain model kept here: which nodes are alive, that freed handles are
-//! detected as stale (never read), and that gradients equal a reference back-propagation.
+//! detected as stale (never read), and that gradients equal a reference back-propagation. Runs
+//! differ in how long the arena's arrays may get before freeing cuts them back, so that handles
+//! are also checked across cuts (a slot made anew must never answer to an old handle).
 //!
 //! `PROPTEST_CASES=100000 cargo test --release -p gradrs-engine --test arena_model` for a long run.
 
@@ -25,6 +27,8 @@ enum Action {
     Traverse(u8),
     SetData(usize, f64),
     Backward(usize),
+    /// A backward pass run a few nodes at a time.
+    BackwardInChunks(usize, usize),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -40,6 +44,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u8..3).prop_map(Action::Traverse),
         1 => (any::<usize>(), -2.0..2.0f64).prop_map(|(i, x)| Action::SetData(i, x)),
         2 => any::<usize>().prop_map(Action::Backward),
+        1 => (any::<usize>(), 1..5usize).prop_map(|(i, budget)| Action::BackwardInChunks(i, budget)),
     ]
 }
 
@@ -133,8 +138,9 @@ fn same(a: f64, b: f64, scale: f64) -> bool {
     (a - b).abs() <= 1e-9 * scale.max(a.abs()).max(b.abs()).max(1.0)
 }
 
-fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
+fn run(actions: Vec<Action>, keep_slots: usize) -> Result<(), TestCaseError> {
     let mut arena = Arena::new();
+    arena.set_keep_slots(keep_slots);
     let mut model = Model {
         nodes: Vec::new(),
         handles: Vec::new(),
@@ -217,6 +223,13 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                     model.backward(n);
                 }
             }
+            Action::BackwardInChunks(i, budget) => {
+                if let Some(n) = pick(&model, i) {
+                    let mut pass = arena.begin_backward(model.nodes[n].id, false).unwrap();
+                    while !arena.backward_step(&mut pass, budget).unwrap() {}
+                    model.backward(n);
+                }
+            }
         }
         check(&arena, &model)?;
     }
@@ -276,7 +289,10 @@ proptest! {
     ))]
 
     #[test]
-    fn arena_matches_the_model(actions in prop::collection::vec(action(), 1..80)) {
-        run(actions)?;
+    fn arena_matches_the_model(
+        actions in prop::collection::vec(action(), 1..80),
+        keep_slots in prop_oneof![Just(0usize), Just(8), Just(1 << 20)],
+    ) {
+        run(actions, keep_slots)?;
     }
 }
