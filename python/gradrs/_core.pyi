@@ -12,7 +12,7 @@ __all__ = [
     "AnomalyError",
     "Dense",
     "ParamGroup",
-    "Program",
+    "_Program",
     "Value",
     "_capacity",
     "_live_nodes",
@@ -142,10 +142,10 @@ class Dense:
     def nout(self) -> int: ...
 
 @final
-class Program:
-    """A graph recorded once and replayed with new inputs (see ``gradrs.compile``)."""
+class _Program:
+    """A graph recorded once and replayed with new inputs: private, ``gradrs.compile`` is the public door."""
 
-    def __new__(cls, outputs: Iterable[Value], inputs: Iterable[Value]) -> Program: ...
+    def __new__(cls, outputs: Iterable[Value], inputs: Iterable[Value]) -> _Program: ...
     @property
     def n_inputs(self) -> int: ...
     @property

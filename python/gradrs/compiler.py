@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from gradrs._core import Program, Value
+from gradrs._core import Value
+from gradrs._core import _Program as Program
 from gradrs._core import sum as gradrs_sum
 from gradrs.anomaly import is_anomaly_enabled
 from gradrs.grad_mode import enable_grad
