@@ -283,7 +283,10 @@ impl Program {
         };
         let mut scratch = Vec::new();
         let n_partials = if grads { params.len() + slots.len() } else { 0 };
-        ensure_room(product(self.outputs.len(), n_partials)?, "a call's partial derivatives")?;
+        ensure_room(
+            product(self.outputs.len(), n_partials)?,
+            "a call's partial derivatives",
+        )?;
         self.forward(inputs, params, &mut registers, &mut scratch);
         let mut outputs = try_vec(self.outputs.len(), "a call's outputs")?;
         for k in 0..self.outputs.len() {
@@ -908,6 +911,17 @@ fn fold_chunks<T: Send>(
         }
         let mut q = lock();
         while q.stop.is_none() && q.folded < n_chunks {
+            if last_poll.elapsed() >= POLL_EVERY {
+                // Never hold the queue while the caller's poll runs: it may wait (for the GIL).
+                drop(q);
+                let interrupted = poll();
+                last_poll = Instant::now();
+                q = lock();
+                if interrupted {
+                    q.stop.get_or_insert(Stop::Failed(ReplayError::Interrupted));
+                }
+                continue;
+            }
             let at = q.folded % window;
             if let Some(part) = q.done[at].take() {
                 drop(q);
@@ -915,15 +929,6 @@ fn fold_chunks<T: Send>(
                 q = lock();
                 q.folded += 1;
                 room_freed.notify_all();
-            } else if last_poll.elapsed() >= POLL_EVERY {
-                // Never hold the queue while the caller's poll runs: it may wait (for the GIL).
-                drop(q);
-                let interrupted = poll();
-                last_poll = Instant::now();
-                q = lock();
-                if interrupted {
-                    q.stop = Some(Stop::Failed(ReplayError::Interrupted));
-                }
             } else {
                 let wait = POLL_EVERY.saturating_sub(last_poll.elapsed());
                 q = chunk_done
