@@ -836,12 +836,12 @@ fn fitting(width: usize) -> usize {
     WINDOW_BYTES / 8 / width.max(1)
 }
 
-/// Runs `work` over the fixed-size chunks of `0..n_rows` on up to `threads` threads and hands
-/// each chunk's result to `fold` on the calling thread, in chunk order, as soon as the chunks
-/// before it have been folded. At most `max_waiting` results (but at least one per thread) are
-/// held at a time. `poll` is called on the calling thread about every [`POLL_EVERY`]; when it
-/// returns true, the workers stop after their current chunk and this returns
-/// [`ReplayError::Interrupted`].
+/// Runs `work` over the fixed-size chunks of `0..n_rows` on up to `threads` threads (the
+/// calling thread and up to `threads - 1` more) and hands each chunk's result to `fold` on the
+/// calling thread, in chunk order, as soon as the chunks before it have been folded. At most
+/// `max_waiting` results (but at least one per thread) are held at a time. `poll` is called on
+/// the calling thread about every [`POLL_EVERY`] (between chunks); when it returns true, the
+/// other threads stop after their current chunk and this returns [`ReplayError::Interrupted`].
 fn fold_chunks<T: Send>(
     n_rows: usize,
     threads: usize,
@@ -876,8 +876,28 @@ fn fold_chunks<T: Send>(
     });
     let (chunk_done, room_freed) = (Condvar::new(), Condvar::new());
     let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
+    // Runs chunk `i` without holding the queue, then hands its result back through `q`.
+    let run = |i: usize| {
+        // A panic is a bug in the engine: carry it to the calling thread, which would otherwise
+        // wait forever for this chunk.
+        let result = panic::catch_unwind(AssertUnwindSafe(|| work(range(i))));
+        let mut q = lock();
+        match result {
+            Ok(Ok(part)) => q.done[i % window] = Some(part),
+            Ok(Err(err)) => {
+                q.stop.get_or_insert(Stop::Failed(err));
+            }
+            Err(payload) => {
+                q.stop.get_or_insert(Stop::Panicked(payload));
+            }
+        }
+        chunk_done.notify_one();
+        if q.stop.is_some() {
+            room_freed.notify_all();
+        }
+    };
     let stop = std::thread::scope(|scope| {
-        for _ in 0..threads {
+        for _ in 1..threads {
             scope.spawn(|| loop {
                 let i = {
                     let mut q = lock();
@@ -890,27 +910,14 @@ fn fold_chunks<T: Send>(
                     q.next += 1;
                     q.next - 1
                 };
-                // A panic is a bug in the engine: carry it to the calling thread, which would
-                // otherwise wait forever for this chunk.
-                let result = panic::catch_unwind(AssertUnwindSafe(|| work(range(i))));
-                let mut q = lock();
-                match result {
-                    Ok(Ok(part)) => q.done[i % window] = Some(part),
-                    Ok(Err(err)) => {
-                        q.stop.get_or_insert(Stop::Failed(err));
-                    }
-                    Err(payload) => {
-                        q.stop.get_or_insert(Stop::Panicked(payload));
-                    }
-                }
-                chunk_done.notify_one();
-                if q.stop.is_some() {
-                    room_freed.notify_all();
-                }
+                run(i);
             });
         }
+        // The calling thread is a worker too; between its chunks it folds what is ready and
+        // polls, so that no third thread competes for the cores.
         let mut q = lock();
         while q.stop.is_none() && q.folded < n_chunks {
+            let at = q.folded % window;
             if last_poll.elapsed() >= POLL_EVERY {
                 // Never hold the queue while the caller's poll runs: it may wait (for the GIL).
                 drop(q);
@@ -920,15 +927,18 @@ fn fold_chunks<T: Send>(
                 if interrupted {
                     q.stop.get_or_insert(Stop::Failed(ReplayError::Interrupted));
                 }
-                continue;
-            }
-            let at = q.folded % window;
-            if let Some(part) = q.done[at].take() {
+            } else if let Some(part) = q.done[at].take() {
                 drop(q);
                 fold(part);
                 q = lock();
                 q.folded += 1;
                 room_freed.notify_all();
+            } else if q.next < n_chunks && q.next < q.folded + window {
+                q.next += 1;
+                let i = q.next - 1;
+                drop(q);
+                run(i);
+                q = lock();
             } else {
                 let wait = POLL_EVERY.saturating_sub(last_poll.elapsed());
                 q = chunk_done
