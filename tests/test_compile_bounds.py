@@ -126,6 +126,34 @@ print(caught - sent[0], caught - start)
     assert ran < 2.0  # stopped, not run to the end (about 4 s)
 
 
+def test_a_batch_reads_its_own_copy_of_the_rows():
+    # The replay runs without the GIL: writing to (or resizing) the caller's array meanwhile
+    # must change nothing, since the rows were copied first.
+    out = run_child(
+        WIDE_MODEL
+        + """
+import threading
+small = np.random.default_rng(0).normal(size=(512, 64))
+t0 = time.perf_counter()
+fn.batch(small, threads=1)
+per_row = (time.perf_counter() - t0) / len(small)
+X = np.resize(small, (int(1.0 / per_row), 64)).copy()  # about 1 s on one thread; owns its data
+want = [v.data for v in fn.batch(X.copy())]
+got = []
+worker = threading.Thread(target=lambda: got.extend(v.data for v in fn.batch(X, threads=1)))
+start = time.perf_counter()
+worker.start()
+time.sleep(0.2)
+X[:] = np.nan
+X.resize((1, 64), refcheck=False)
+worker.join()
+assert got == want, (got, want)
+print(time.perf_counter() - start)
+"""
+    )
+    assert float(out) > 0.2  # the batch was still running when its rows were overwritten
+
+
 def test_run_checks_attached():
     w = Value(2.0)
     x, y = Value(1.0), Value(3.0)

@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 
 use gradrs_engine::program::{Output, Program, Reduce, ReplayError};
 use gradrs_engine::ARENA;
-use numpy::{PyArray2, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::ndarray::Dimension;
+use numpy::{PyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -144,17 +145,20 @@ fn detached<T: Send>(
 }
 
 /// A copy of `array`'s numbers in row-major order, made while holding the GIL: the replay then
-/// reads memory no Python code can write, resize or free.
-fn copy_rows(array: &PyReadonlyArray2<'_, f64>) -> PyResult<Vec<f64>> {
-    let view = array.as_array();
-    let mut rows = Vec::new();
-    rows.try_reserve_exact(view.len())
-        .map_err(|_| PyMemoryError::new_err(format!("not enough memory to copy {} rows", view.nrows())))?;
-    match array.as_slice() {
-        Ok(slice) => rows.extend_from_slice(slice),
-        Err(_) => rows.extend(view.iter().copied()),
+/// reads memory no Python code can write, resize or free. numpy's borrow of the array ends here,
+/// before any Python code runs (a borrow held while Python resizes the array could not be
+/// released).
+fn copy_of<D: Dimension>(array: &Bound<'_, PyArray<f64, D>>) -> PyResult<Vec<f64>> {
+    let borrowed = array.try_readonly()?;
+    let mut numbers = Vec::new();
+    numbers
+        .try_reserve_exact(array.len())
+        .map_err(|_| PyMemoryError::new_err(format!("not enough memory to copy {} numbers", array.len())))?;
+    match borrowed.as_slice() {
+        Ok(slice) => numbers.extend_from_slice(slice),
+        Err(_) => numbers.extend(borrowed.as_array().iter().copied()),
     }
-    Ok(rows)
+    Ok(numbers)
 }
 
 impl PyProgram {
@@ -163,15 +167,15 @@ impl PyProgram {
     }
 
     /// `rows`' numbers, copied, and how many rows there are.
-    fn rows(&self, rows: &PyReadonlyArray2<'_, f64>) -> PyResult<(Vec<f64>, usize)> {
-        let (n_rows, width) = rows.as_array().dim();
+    fn rows(&self, rows: &Bound<'_, PyArray2<f64>>) -> PyResult<(Vec<f64>, usize)> {
+        let (n_rows, width) = rows.dims().into_pattern();
         if width != self.program.n_inputs() {
             return Err(PyValueError::new_err(format!(
                 "each row needs {} numbers (the program's inputs), got {width}",
                 self.program.n_inputs()
             )));
         }
-        Ok((copy_rows(rows)?, n_rows))
+        Ok((copy_of(rows)?, n_rows))
     }
 
     /// Values over the parameters (and `attached`) with the given value and partials.
@@ -253,11 +257,12 @@ impl PyProgram {
     fn run<'py>(
         &self,
         py: Python<'py>,
-        inputs: PyReadonlyArray1<'py, f64>,
+        inputs: Bound<'py, PyArray1<f64>>,
         attached: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let n_inputs = self.program.n_inputs();
-        let inputs = inputs.as_array().to_vec();
+        // Copied before `attached` is iterated, which may run Python code.
+        let inputs = copy_of(&inputs)?;
         if inputs.len() != n_inputs {
             return Err(PyValueError::new_err(format!(
                 "the program takes {n_inputs} inputs, got {}",
@@ -287,7 +292,7 @@ impl PyProgram {
     fn map<'py>(
         &self,
         py: Python<'py>,
-        rows: PyReadonlyArray2<'py, f64>,
+        rows: Bound<'py, PyArray2<f64>>,
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
         let threads = threads_for(threads)?;
@@ -307,7 +312,7 @@ impl PyProgram {
     fn batch<'py>(
         &self,
         py: Python<'py>,
-        rows: PyReadonlyArray2<'py, f64>,
+        rows: Bound<'py, PyArray2<f64>>,
         reduce: &str,
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
