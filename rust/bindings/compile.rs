@@ -13,7 +13,7 @@ use gradrs_engine::program::{Output, Program, Reduce, ReplayError};
 use gradrs_engine::ARENA;
 use numpy::ndarray::Dimension;
 use numpy::{PyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
@@ -32,6 +32,13 @@ impl Drop for PyProgram {
     }
 }
 
+fn type_name(object: &Bound<'_, PyAny>) -> String {
+    object
+        .get_type()
+        .name()
+        .map_or_else(|_| "?".into(), |name| name.to_string())
+}
+
 /// The Values in `values`, held (so that Python code run by the iteration cannot free them
 /// before their ids are used).
 fn values_of<'py>(values: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'py, PyValue>>> {
@@ -41,11 +48,7 @@ fn values_of<'py>(values: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<
         .map(|(i, item)| {
             let item = item?;
             item.cast_into::<PyValue>().map_err(|e| {
-                let type_name = e
-                    .into_inner()
-                    .get_type()
-                    .name()
-                    .map_or_else(|_| "?".into(), |n| n.to_string());
+                let type_name = type_name(&e.into_inner());
                 PyTypeError::new_err(format!("{what} item {i} is a {type_name}, not a Value"))
             })
         })
@@ -73,11 +76,7 @@ fn attached_values<'py>(
         match item.cast_into::<PyValue>() {
             Ok(v) => values.push(Some(v)),
             Err(e) => {
-                let item = e.into_inner();
-                let type_name = item
-                    .get_type()
-                    .name()
-                    .map_or_else(|_| "?".into(), |n| n.to_string());
+                let type_name = type_name(&e.into_inner());
                 return Err(PyTypeError::new_err(format!(
                     "attached item {i} is a {type_name}, not a Value or None"
                 )));
@@ -120,7 +119,7 @@ fn replay_error(err: ReplayError, interrupted: Option<PyErr>) -> PyErr {
     match err {
         ReplayError::Engine(err) => engine_error(err),
         ReplayError::OutOfMemory { .. } => PyMemoryError::new_err(err.to_string()),
-        ReplayError::Interrupted => interrupted.unwrap_or_else(|| PyValueError::new_err(err.to_string())),
+        ReplayError::Interrupted => interrupted.unwrap_or_else(|| PyRuntimeError::new_err(err.to_string())),
     }
 }
 
@@ -178,12 +177,14 @@ impl PyProgram {
         Ok((copy_of(rows)?, n_rows))
     }
 
-    /// Values over the parameters (and `attached`) with the given value and partials.
+    /// Values over the parameters (and `attached`) with the given value and partials, or with
+    /// the given value alone as leaves when the replay computed no gradients.
     fn recorded<'py>(
         &self,
         py: Python<'py>,
         outputs: Vec<Output>,
         attached: &[Bound<'py, PyValue>],
+        grads: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let ids = {
             let mut arena = ARENA.lock();
@@ -191,7 +192,7 @@ impl PyProgram {
             children.extend(attached.iter().map(|v| v.get().id));
             let mut ids = Vec::with_capacity(outputs.len());
             for Output { value, partials } in outputs {
-                let made = if grad_enabled() {
+                let made = if grads {
                     arena.recorded(value, &children, partials)
                 } else {
                     arena.leaf(value)
@@ -280,11 +281,12 @@ impl PyProgram {
             .filter_map(|(i, v)| v.map(|v| (i, v)))
             .unzip();
         let params = self.read_params()?;
+        let grads = grad_enabled();
         let outputs = self
             .program
-            .call(&inputs, &params, &slots, grad_enabled())
+            .call(&inputs, &params, &slots, grads)
             .map_err(|err| replay_error(err, None))?;
-        self.recorded(py, outputs, &attached)
+        self.recorded(py, outputs, &attached, grads)
     }
 
     /// Forward only, one row of inputs per row of `rows`: a (rows, outputs) array.
@@ -324,7 +326,8 @@ impl PyProgram {
         }
         let params = self.read_params()?;
         let program = &self.program;
-        let outputs = if grad_enabled() {
+        let grads = grad_enabled();
+        let outputs = if grads {
             let batch = detached(py, |poll| {
                 program.batch(&data, n_rows, &params, reduce, threads, poll)
             })?;
@@ -346,6 +349,6 @@ impl PyProgram {
             })
             .collect()
         };
-        self.recorded(py, outputs, &[])
+        self.recorded(py, outputs, &[], grads)
     }
 }
