@@ -299,7 +299,7 @@ def test_direct_program_refuses_a_compiled_call_on_its_inputs():
     inner = gradrs.compile(lambda x: w * x)
     x = Value(1.0)
     with pytest.raises(ValueError, match="compiled call on the recorded inputs"):
-        gradrs._core.Program([inner(x) + 1], [x])
+        gradrs._core._Program([inner(x) + 1], [x])
 
 
 def test_static_arguments_are_kept_alive_so_their_ids_are_never_reused():

@@ -11,7 +11,7 @@ _Number: TypeAlias = SupportsFloat | SupportsIndex
 __all__ = [
     "AnomalyError",
     "ParamGroup",
-    "Program",
+    "_Program",
     "Value",
     "_capacity",
     "_live_nodes",
@@ -148,10 +148,10 @@ class ParamGroup:
     ) -> None: ...
 
 @final
-class Program:
-    """A graph recorded once and replayed with new inputs (see ``gradrs.compile``)."""
+class _Program:
+    """A graph recorded once and replayed with new inputs: private, ``gradrs.compile`` is the public door."""
 
-    def __new__(cls, outputs: Iterable[Value], inputs: Iterable[Value]) -> Program: ...
+    def __new__(cls, outputs: Iterable[Value], inputs: Iterable[Value]) -> _Program: ...
     @property
     def n_inputs(self) -> int: ...
     @property

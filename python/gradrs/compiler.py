@@ -58,7 +58,8 @@ from typing import Any, overload
 
 import numpy as np
 
-from gradrs._core import Program, TraceError, Value, _set_tracing
+from gradrs._core import TraceError, Value, _set_tracing
+from gradrs._core import _Program as Program
 from gradrs._core import sum as gradrs_sum
 from gradrs.anomaly import is_anomaly_enabled
 from gradrs.grad_mode import enable_grad

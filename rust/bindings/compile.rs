@@ -1,21 +1,25 @@
-//! `gradrs._core.Program`: a graph recorded once (see `gradrs-engine`'s `program`
+//! `gradrs._core._Program`: a graph recorded once (see `gradrs-engine`'s `program`
 //! module) and replayed from Python with new inputs. Each replay reads the
 //! parameters' current data from the arena, computes without holding the arena's
 //! lock (and, for batches, without the GIL, on several threads), and hands back
 //! Values whose backward carries the replayed gradients into the parameters.
+//!
+//! Private (`gradrs.compile` is the public door), but everything reachable from Python
+//! is checked: wrong arguments raise, they never panic or reach the wrong Value.
 
 use std::sync::OnceLock;
 
-use gradrs_engine::program::{Program, Reduce};
-use gradrs_engine::{NodeId, ARENA};
-use numpy::{PyArray2, PyReadonlyArray1, PyReadonlyArray2};
-use pyo3::exceptions::PyValueError;
+use gradrs_engine::program::{Output, Program, Reduce, ReplayError};
+use gradrs_engine::ARENA;
+use numpy::ndarray::Dimension;
+use numpy::{PyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use crate::value::{engine_error, grad_enabled, retain_all, wrap, PyValue};
 
-#[pyclass(name = "Program", module = "gradrs", frozen)]
+#[pyclass(name = "_Program", module = "gradrs", frozen)]
 pub struct PyProgram {
     program: Program,
 }
@@ -28,23 +32,132 @@ impl Drop for PyProgram {
     }
 }
 
-fn ids_of(values: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<NodeId>> {
+fn type_name(object: &Bound<'_, PyAny>) -> String {
+    object
+        .get_type()
+        .name()
+        .map_or_else(|_| "?".into(), |name| name.to_string())
+}
+
+/// The Values in `values`, held (so that Python code run by the iteration cannot free them
+/// before their ids are used).
+fn values_of<'py>(values: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'py, PyValue>>> {
     values
         .try_iter()?
         .enumerate()
-        .map(|(i, item)| match item?.cast::<PyValue>() {
-            Ok(v) => Ok(v.get().id),
-            Err(_) => Err(PyValueError::new_err(format!("{what} item {i} is not a Value"))),
+        .map(|(i, item)| {
+            let item = item?;
+            item.cast_into::<PyValue>().map_err(|e| {
+                let type_name = type_name(&e.into_inner());
+                PyTypeError::new_err(format!("{what} item {i} is a {type_name}, not a Value"))
+            })
         })
         .collect()
 }
 
-fn threads_for(requested: Option<usize>) -> usize {
+/// `attached`'s items, exactly `n` of them, each a Value (held) or None. Reads at most `n + 1`
+/// items, so an endless iterator is refused rather than followed forever.
+fn attached_values<'py>(
+    attached: &Bound<'py, PyAny>,
+    n: usize,
+) -> PyResult<Vec<Option<Bound<'py, PyValue>>>> {
+    let mut values = Vec::new();
+    for (i, item) in attached.try_iter()?.take(n.saturating_add(1)).enumerate() {
+        let item = item?;
+        if i == n {
+            return Err(PyValueError::new_err(format!(
+                "attached has more than {n} items (one per input, a Value or None)"
+            )));
+        }
+        if item.is_none() {
+            values.push(None);
+            continue;
+        }
+        match item.cast_into::<PyValue>() {
+            Ok(v) => values.push(Some(v)),
+            Err(e) => {
+                let type_name = type_name(&e.into_inner());
+                return Err(PyTypeError::new_err(format!(
+                    "attached item {i} is a {type_name}, not a Value or None"
+                )));
+            }
+        }
+    }
+    if values.len() != n {
+        return Err(PyValueError::new_err(format!(
+            "attached has {} items, but the program has {n} inputs (one item per input, a Value or None)",
+            values.len()
+        )));
+    }
+    Ok(values)
+}
+
+fn threads_for(requested: Option<usize>) -> PyResult<usize> {
     // Asked once: on Linux the answer comes from reading cgroup files, which costs more than
     // replaying a small batch.
     static CORES: OnceLock<usize> = OnceLock::new();
-    requested
-        .unwrap_or_else(|| *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
+    match requested {
+        Some(0) => Err(PyValueError::new_err("threads must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(*CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))),
+    }
+}
+
+fn reduce_of(reduce: &str) -> PyResult<Reduce> {
+    match reduce {
+        "mean" => Ok(Reduce::Mean),
+        "sum" => Ok(Reduce::Sum),
+        other => Err(PyValueError::new_err(format!(
+            "reduce must be 'mean' or 'sum', not {other:?}"
+        ))),
+    }
+}
+
+/// The Python exception for a replay that stopped: `interrupted` is what the signal check
+/// raised (KeyboardInterrupt for Ctrl-C).
+fn replay_error(err: ReplayError, interrupted: Option<PyErr>) -> PyErr {
+    match err {
+        ReplayError::Engine(err) => engine_error(err),
+        ReplayError::OutOfMemory { .. } => PyMemoryError::new_err(err.to_string()),
+        ReplayError::Interrupted => interrupted.unwrap_or_else(|| PyRuntimeError::new_err(err.to_string())),
+    }
+}
+
+/// Runs `replay` without the GIL, giving it a poll that takes the GIL back for a moment to run
+/// Python's signal handlers (Ctrl-C) and asks it to stop if one raised.
+fn detached<T: Send>(
+    py: Python<'_>,
+    replay: impl FnOnce(&mut dyn FnMut() -> bool) -> Result<T, ReplayError> + Send,
+) -> PyResult<T> {
+    let mut interrupted = None;
+    let result = py.detach(|| {
+        let mut poll = || match Python::attach(|py| py.check_signals()) {
+            Ok(()) => false,
+            Err(err) => {
+                interrupted = Some(err);
+                true
+            }
+        };
+        replay(&mut poll)
+    });
+    result.map_err(|err| replay_error(err, interrupted))
+}
+
+/// A copy of `array`'s numbers in row-major order, made while holding the GIL: the replay then
+/// reads memory no Python code can write, resize or free. numpy's borrow of the array ends here,
+/// before any Python code runs (a borrow held while Python resizes the array could not be
+/// released).
+fn copy_of<D: Dimension>(array: &Bound<'_, PyArray<f64, D>>) -> PyResult<Vec<f64>> {
+    let borrowed = array.try_readonly()?;
+    let mut numbers = Vec::new();
+    numbers
+        .try_reserve_exact(array.len())
+        .map_err(|_| PyMemoryError::new_err(format!("not enough memory to copy {} numbers", array.len())))?;
+    match borrowed.as_slice() {
+        Ok(slice) => numbers.extend_from_slice(slice),
+        Err(_) => numbers.extend(borrowed.as_array().iter().copied()),
+    }
+    Ok(numbers)
 }
 
 impl PyProgram {
@@ -52,32 +165,34 @@ impl PyProgram {
         ARENA.lock().data_of(self.program.params()).map_err(engine_error)
     }
 
-    fn rows<'a>(&self, rows: &'a PyReadonlyArray2<'_, f64>) -> PyResult<&'a [f64]> {
-        let width = rows.as_array().ncols();
+    /// `rows`' numbers, copied, and how many rows there are.
+    fn rows(&self, rows: &Bound<'_, PyArray2<f64>>) -> PyResult<(Vec<f64>, usize)> {
+        let (n_rows, width) = rows.dims().into_pattern();
         if width != self.program.n_inputs() {
             return Err(PyValueError::new_err(format!(
                 "each row needs {} numbers (the program's inputs), got {width}",
                 self.program.n_inputs()
             )));
         }
-        rows.as_slice()
-            .map_err(|_| PyValueError::new_err("rows must be a C-contiguous float64 array"))
+        Ok((copy_of(rows)?, n_rows))
     }
 
-    /// Values over the parameters (and `attached`) with the given value and partials.
+    /// Values over the parameters (and `attached`) with the given value and partials, or with
+    /// the given value alone as leaves when the replay computed no gradients.
     fn recorded<'py>(
         &self,
         py: Python<'py>,
-        outputs: Vec<(f64, Vec<f64>)>,
-        attached: &[NodeId],
+        outputs: Vec<Output>,
+        attached: &[Bound<'py, PyValue>],
+        grads: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let ids = {
             let mut arena = ARENA.lock();
             let mut children = self.program.params().to_vec();
-            children.extend_from_slice(attached);
+            children.extend(attached.iter().map(|v| v.get().id));
             let mut ids = Vec::with_capacity(outputs.len());
-            for (value, partials) in outputs {
-                let made = if grad_enabled() {
+            for Output { value, partials } in outputs {
+                let made = if grads {
                     arena.recorded(value, &children, partials)
                 } else {
                     arena.leaf(value)
@@ -106,8 +221,10 @@ impl PyProgram {
     /// Records the graph under `outputs`; the Values in `inputs` become its input slots.
     #[new]
     fn new(outputs: &Bound<'_, PyAny>, inputs: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let outputs = ids_of(outputs, "outputs")?;
-        let inputs = ids_of(inputs, "inputs")?;
+        let outputs = values_of(outputs, "outputs")?;
+        let inputs = values_of(inputs, "inputs")?;
+        let outputs: Vec<_> = outputs.iter().map(|v| v.get().id).collect();
+        let inputs: Vec<_> = inputs.iter().map(|v| v.get().id).collect();
         let mut arena = ARENA.lock();
         let program = Program::record(&arena, &outputs, &inputs).map_err(engine_error)?;
         retain_all(&mut arena, program.params())?;
@@ -135,56 +252,41 @@ impl PyProgram {
         self.program.params().iter().map(|&id| wrap(py, id)).collect()
     }
 
-    /// Replays with `inputs`; `attached` (one Value or None per input) receive gradients
-    /// for their slots.
+    /// Replays with `inputs` (one float64 per input); `attached` (exactly one Value or None per
+    /// input) receive gradients for their slots.
     #[pyo3(signature = (inputs, attached = None))]
     fn run<'py>(
         &self,
         py: Python<'py>,
-        inputs: PyReadonlyArray1<'py, f64>,
+        inputs: Bound<'py, PyArray1<f64>>,
         attached: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let inputs = inputs
-            .as_slice()
-            .map_err(|_| PyValueError::new_err("inputs must be a contiguous float64 array"))?;
-        if inputs.len() != self.program.n_inputs() {
+        let n_inputs = self.program.n_inputs();
+        // Copied before `attached` is iterated, which may run Python code.
+        let inputs = copy_of(&inputs)?;
+        if inputs.len() != n_inputs {
             return Err(PyValueError::new_err(format!(
-                "the program takes {} inputs, got {}",
-                self.program.n_inputs(),
+                "the program takes {n_inputs} inputs, got {}",
                 inputs.len()
             )));
         }
-        // Which input slots carry a Value that should receive a gradient.
-        let mut slots = Vec::new();
-        let mut attached_ids = Vec::new();
-        if let Some(attached) = attached {
-            for (i, item) in attached.try_iter()?.enumerate() {
-                if let Ok(v) = item?.cast::<PyValue>() {
-                    slots.push(i);
-                    attached_ids.push(v.get().id);
-                }
-            }
-        }
+        let attached = match attached {
+            Some(attached) => attached_values(attached, n_inputs)?,
+            None => Vec::new(),
+        };
+        // Which input slots carry a Value that receives a gradient; the Values stay held.
+        let (slots, attached): (Vec<usize>, Vec<Bound<'py, PyValue>>) = attached
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| (i, v)))
+            .unzip();
         let params = self.read_params()?;
-        let (mut registers, mut adjoint, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
-        self.program
-            .forward(inputs, &params, &mut registers, &mut scratch);
-        let n_params = params.len();
-        let want_grads = grad_enabled();
-        let outputs = (0..self.program.n_outputs())
-            .map(|k| {
-                let value = self.program.output(&registers, k);
-                if !want_grads {
-                    return (value, Vec::new());
-                }
-                self.program.gradient(&registers, k, &mut adjoint, &mut scratch);
-                let n_inputs = self.program.n_inputs();
-                let mut partials = adjoint[n_inputs..n_inputs + n_params].to_vec();
-                partials.extend(slots.iter().map(|&s| adjoint[s]));
-                (value, partials)
-            })
-            .collect();
-        self.recorded(py, outputs, &attached_ids)
+        let grads = grad_enabled();
+        let outputs = self
+            .program
+            .call(&inputs, &params, &slots, grads)
+            .map_err(|err| replay_error(err, None))?;
+        self.recorded(py, outputs, &attached, grads)
     }
 
     /// Forward only, one row of inputs per row of `rows`: a (rows, outputs) array.
@@ -192,57 +294,61 @@ impl PyProgram {
     fn map<'py>(
         &self,
         py: Python<'py>,
-        rows: PyReadonlyArray2<'py, f64>,
+        rows: Bound<'py, PyArray2<f64>>,
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-        let data = self.rows(&rows)?;
-        let n_rows = rows.as_array().nrows();
+        let threads = threads_for(threads)?;
+        let (data, n_rows) = self.rows(&rows)?;
         let params = self.read_params()?;
-        let threads = threads_for(threads);
-        let out = py
-            .detach(|| self.program.map(data, &params, threads))
-            .map_err(engine_error)?;
-        let n_out = self.program.n_outputs();
-        let out = numpy::ndarray::Array2::from_shape_vec((n_rows, n_out), out)
+        let out = detached(py, |poll| self.program.map(&data, n_rows, &params, threads, poll))?;
+        drop(data);
+        let out = numpy::ndarray::Array2::from_shape_vec((n_rows, self.program.n_outputs()), out)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(PyArray2::from_owned_array(py, out))
     }
 
-    /// The outputs over every row, reduced by `reduce` ('mean' or 'sum'), as Values whose
-    /// backward carries the reduced gradients into the parameters (leaves under no_grad).
+    /// The outputs over every row (at least one), reduced by `reduce` ('mean' or 'sum'), as
+    /// Values whose backward carries the reduced gradients into the parameters (leaves under
+    /// no_grad).
     #[pyo3(signature = (rows, reduce = "mean", threads = None))]
     fn batch<'py>(
         &self,
         py: Python<'py>,
-        rows: PyReadonlyArray2<'py, f64>,
+        rows: Bound<'py, PyArray2<f64>>,
         reduce: &str,
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let reduce = match reduce {
-            "mean" => Reduce::Mean,
-            "sum" => Reduce::Sum,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "reduce must be 'mean' or 'sum', not {other:?}"
-                )))
-            }
-        };
-        let data = self.rows(&rows)?;
+        let reduce = reduce_of(reduce)?;
+        let threads = threads_for(threads)?;
+        let (data, n_rows) = self.rows(&rows)?;
+        if n_rows == 0 {
+            return Err(PyValueError::new_err("batch() needs at least one row"));
+        }
         let params = self.read_params()?;
-        let threads = threads_for(threads);
-        let outputs = if grad_enabled() {
-            let batch = py
-                .detach(|| self.program.batch(data, &params, reduce, threads))
-                .map_err(engine_error)?;
-            batch.values.into_iter().zip(batch.grads).collect()
+        let program = &self.program;
+        let grads = grad_enabled();
+        let outputs = if grads {
+            let batch = detached(py, |poll| {
+                program.batch(&data, n_rows, &params, reduce, threads, poll)
+            })?;
+            batch
+                .values
+                .into_iter()
+                .zip(batch.grads)
+                .map(|(value, partials)| Output { value, partials })
+                .collect()
         } else {
             // Under no_grad the result is a leaf: skip every reverse sweep.
-            py.detach(|| self.program.batch_values(data, &params, reduce, threads))
-                .map_err(engine_error)?
-                .into_iter()
-                .map(|value| (value, Vec::new()))
-                .collect()
+            detached(py, |poll| {
+                program.batch_values(&data, n_rows, &params, reduce, threads, poll)
+            })?
+            .into_iter()
+            .map(|value| Output {
+                value,
+                partials: Vec::new(),
+            })
+            .collect()
         };
-        self.recorded(py, outputs, &[])
+        self.recorded(py, outputs, &[], grads)
     }
 }
