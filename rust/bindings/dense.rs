@@ -7,10 +7,11 @@ use gradrs_engine::{NodeId, Op, ARENA};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
+use pyo3::PyTypeInfo;
 
 use crate::bulk::wrap_all;
-use crate::fused::{release_all, resolve, Held};
-use crate::value::{record_locked, type_name};
+use crate::fused::{node_of, release_all, resolve, Held};
+use crate::value::{record_locked, type_name, PyValue};
 
 fn activation(name: &str) -> PyResult<Option<Op>> {
     match name {
@@ -52,6 +53,95 @@ fn activations(names: &Bound<'_, PyAny>, nout: usize) -> PyResult<Vec<Option<Op>
     Ok(ops)
 }
 
+/// The weight rows and biases when they are all exact lists.
+fn plain_lists<'py>(
+    weights: &Bound<'py, PyAny>,
+    biases: &Bound<'py, PyAny>,
+) -> Option<(Vec<Bound<'py, PyList>>, Bound<'py, PyList>)> {
+    let biases = biases.cast_exact::<PyList>().ok()?;
+    let rows = weights.cast_exact::<PyList>().ok()?;
+    let rows = rows
+        .iter()
+        .map(|row| row.cast_into_exact::<PyList>().ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some((rows, biases.clone()))
+}
+
+/// Reads the weight rows (each `nin` long) and then the biases, straight from their lists.
+fn read_in_place(
+    read: &mut Vec<NodeId>,
+    rows: &[Bound<'_, PyList>],
+    biases: &Bound<'_, PyList>,
+    nin: usize,
+) -> PyResult<()> {
+    let value_type = PyValue::type_object_raw(biases.py());
+    for (j, row) in rows.iter().enumerate() {
+        if row.len() != nin {
+            return Err(wrong_row(j, row.len(), nin));
+        }
+        read_list(read, row, value_type, "layer weights")?;
+    }
+    if biases.len() != rows.len() {
+        return Err(wrong_biases(rows.len(), biases.len()));
+    }
+    read_list(read, biases, value_type, "layer biases")
+}
+
+/// Appends the node of every Value in `list`, reading its items as borrowed references:
+/// a layer reads hundreds of weights per call, and a new reference per weight doubled its cost.
+fn read_list(
+    read: &mut Vec<NodeId>,
+    list: &Bound<'_, PyList>,
+    value_type: *mut pyo3::ffi::PyTypeObject,
+    what: &str,
+) -> PyResult<()> {
+    let py = list.py();
+    for i in 0..list.len() {
+        // SAFETY: `i` is below the list's length, read just above with the GIL held and no
+        // Python code run since, so `PyList_GetItem` returns a valid borrowed reference that
+        // the list keeps alive; it is used only before any Python code can run.
+        let item = unsafe {
+            Borrowed::from_ptr_or_err(
+                py,
+                pyo3::ffi::PyList_GetItem(list.as_ptr(), i as pyo3::ffi::Py_ssize_t),
+            )?
+        };
+        read.push(node_of(&item, value_type, what, i)?);
+    }
+    Ok(())
+}
+
+/// Reads any iterables of weight rows and biases into `params`, which holds their items;
+/// returns the number of rows.
+fn read_held<'py>(
+    params: &mut Held<'py, NodeId>,
+    weights: &Bound<'py, PyAny>,
+    biases: &Bound<'py, PyAny>,
+    nin: usize,
+) -> PyResult<usize> {
+    let mut nout = 0;
+    for row in weights.try_iter()? {
+        let got = params.values(&row?, "layer weights")?;
+        if got != nin {
+            return Err(wrong_row(nout, got, nin));
+        }
+        nout += 1;
+    }
+    let nb = params.values(biases, "layer biases")?;
+    if nb != nout {
+        return Err(wrong_biases(nout, nb));
+    }
+    Ok(nout)
+}
+
+fn wrong_row(j: usize, got: usize, nin: usize) -> PyErr {
+    PyValueError::new_err(format!("neuron {j} of the layer expects {got} inputs, got {nin}"))
+}
+
+fn wrong_biases(nout: usize, nb: usize) -> PyErr {
+    PyValueError::new_err(format!("{nout} weight rows but {nb} biases"))
+}
+
 /// `act_j(weights[j] · inputs + biases[j])` for every neuron `j`, one Value each.
 ///
 /// `weights` holds one row of Values per neuron, each as long as `inputs` (Values or
@@ -69,25 +159,24 @@ pub fn _dense<'py>(
     // the ones the neurons hold when the nodes are made.
     let mut xs = Held::new();
     let nin = xs.terms(inputs, "layer input")?;
-    let rows = weights.len().unwrap_or(0);
-    let mut params: Held<'py, NodeId> = Held::with_capacity(rows + 1, rows * (nin + 1));
-    let mut nout = 0;
-    for row in weights.try_iter()? {
-        let got = params.values(&row?, "layer weights")?;
-        if got != nin {
-            return Err(PyValueError::new_err(format!(
-                "neuron {nout} of the layer expects {got} inputs, got {nin}"
-            )));
+    let mut params: Held<'py, NodeId> = Held::new();
+    let (nout, ops) = match plain_lists(weights, biases) {
+        Some((rows, biases)) => {
+            // The weights and biases are plain lists, as `Layer` passes them, and the
+            // activations are read first: from the first weight read to the engine call below
+            // no Python code runs (reading a list's item or a Value's node runs none), so no
+            // Value can be dropped in between, and the lists' own references are enough.
+            let nout = rows.len();
+            let ops = self::activations(activations, nout)?;
+            params.read.reserve(nout * (nin + 1));
+            read_in_place(&mut params.read, &rows, &biases, nin)?;
+            (nout, ops)
         }
-        nout += 1;
-    }
-    let nb = params.values(biases, "layer biases")?;
-    if nb != nout {
-        return Err(PyValueError::new_err(format!(
-            "{nout} weight rows but {nb} biases"
-        )));
-    }
-    let ops = self::activations(activations, nout)?;
+        None => {
+            let nout = read_held(&mut params, weights, biases, nin)?;
+            (nout, self::activations(activations, nout)?)
+        }
+    };
     let (w, b) = params.read.split_at(nout * nin);
     let outputs = {
         let mut arena = ARENA.lock();

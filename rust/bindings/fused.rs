@@ -86,20 +86,29 @@ impl<'py> Held<'py, NodeId> {
     /// `what` and the item's position.
     pub(crate) fn values(&mut self, iterable: &Bound<'py, PyAny>, what: &str) -> PyResult<usize> {
         let value_type = PyValue::type_object_raw(iterable.py());
-        self.extend(iterable, |item, i| {
-            if item.get_type_ptr() == value_type {
-                // SAFETY: the item's type is exactly Value's, checked just above (a pointer
-                // comparison: a layer reads a few hundred weights per call).
-                return Ok(unsafe { item.cast_unchecked::<PyValue>() }.get().id);
-            }
-            match item.cast::<PyValue>() {
-                Ok(value) => Ok(value.get().id),
-                Err(_) => Err(PyTypeError::new_err(format!(
-                    "{what} must be Values; item {i} is {}",
-                    type_name(item)
-                ))),
-            }
-        })
+        self.extend(iterable, |item, i| node_of(item, value_type, what, i))
+    }
+}
+
+/// The node of `item`, item `i` of `what`, which must be a Value; reading it runs no Python code.
+/// `value_type` is `Value`'s type object, looked up once by the caller.
+pub(crate) fn node_of(
+    item: &Bound<'_, PyAny>,
+    value_type: *mut ffi::PyTypeObject,
+    what: &str,
+    i: usize,
+) -> PyResult<NodeId> {
+    if item.get_type_ptr() == value_type {
+        // SAFETY: the item's type is exactly Value's, checked just above (a pointer
+        // comparison: a layer reads a few hundred weights per call).
+        return Ok(unsafe { item.cast_unchecked::<PyValue>() }.get().id);
+    }
+    match item.cast::<PyValue>() {
+        Ok(value) => Ok(value.get().id),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{what} must be Values; item {i} is {}",
+            type_name(item)
+        ))),
     }
 }
 
