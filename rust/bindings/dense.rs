@@ -30,20 +30,27 @@ fn activations(names: &Bound<'_, PyAny>, nout: usize) -> PyResult<Vec<Option<Op>
     if let Ok(name) = names.cast::<PyString>() {
         return Ok(vec![activation(name.to_str()?)?; nout]);
     }
-    let ops = names
-        .try_iter()?
-        .enumerate()
-        .map(|(i, name)| {
-            let name = name?;
-            match name.cast::<PyString>() {
-                Ok(name) => activation(name.to_str()?),
-                Err(_) => Err(PyTypeError::new_err(format!(
-                    "activations must be str; item {i} is {}",
-                    type_name(&name)
-                ))),
-            }
-        })
-        .collect::<PyResult<Vec<_>>>()?;
+    // The neurons of a layer usually share one str object: parse it once.
+    let mut last: Option<(Bound<'_, PyAny>, Option<Op>)> = None;
+    let mut ops = Vec::with_capacity(nout);
+    for (i, name) in names.try_iter()?.enumerate() {
+        let name = name?;
+        let op = match &last {
+            Some((same, op)) if same.as_ptr() == name.as_ptr() => *op,
+            _ => match name.cast::<PyString>() {
+                Ok(text) => activation(text.to_str()?)?,
+                Err(_) => {
+                    return Err(PyTypeError::new_err(format!(
+                        "activations must be str; item {i} is {}",
+                        type_name(&name)
+                    )))
+                }
+            },
+        };
+        // `last` holds the name it was parsed from, so no other object can take its address.
+        last = Some((name, op));
+        ops.push(op);
+    }
     if ops.len() != nout {
         return Err(PyValueError::new_err(format!(
             "{} activations for {nout} neurons",
