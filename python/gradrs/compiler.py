@@ -218,14 +218,20 @@ class _Cache:
     def get(self, key: Any) -> _Trace | None:
         trace = self.entries.get(key)
         if trace is not None:
-            self.entries.move_to_end(key)
+            try:
+                self.entries.move_to_end(key)
+            except KeyError:  # evicted by another thread in between: still a valid trace
+                pass
         return trace
 
     def put(self, key: Any, trace: _Trace) -> None:
         self.entries[key] = trace
         self.entries.move_to_end(key)
         while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+            try:
+                self.entries.popitem(last=False)
+            except KeyError:  # emptied by another thread
+                break
 
     def values(self) -> Iterable[_Trace]:
         return self.entries.values()
