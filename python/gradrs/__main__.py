@@ -1,4 +1,9 @@
-"""Command line: ``python -m gradrs demo`` (also installed as the ``gradrs`` command)."""
+"""Command line: ``python -m gradrs demo`` (also installed as the ``gradrs`` command).
+
+The benchmark against micrograd and PyTorch is not part of the package: it is
+``python benchmarks/bench.py`` in a checkout. ``gradrs demo --micrograd`` is the comparison
+that ships.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-# gradrs does no linear algebra, and OpenBLAS's idle worker threads spin on the second core that
-# a training run could use; one BLAS thread is plenty for numpy's bookkeeping here.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="gradrs", description="gradrs: micrograd on a Rust core")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train micrograd's moons demo and draw its pictures")
@@ -26,20 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--micrograd", action="store_true", help="also train with Karpathy's micrograd and compare (slow)"
     )
-    bench = commands.add_parser("bench", help="run the benchmark against micrograd (and PyTorch)")
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for gradrs.bench")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.steps <= 0:
-            parser.error("--steps must be positive")
-        from gradrs.demo import run_demo
+    if args.steps <= 0:
+        parser.error("--steps must be positive")
+    # gradrs does no linear algebra, and OpenBLAS's idle worker threads spin on the second core
+    # that a training run could use; one BLAS thread is plenty for numpy's bookkeeping here. It
+    # is set before the demo imports numpy, since OpenBLAS reads it only when it is loaded.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from gradrs.demo import run_demo
 
-        out = None if args.no_plot else args.out
-        run_demo(steps=args.steps, seed=args.seed, out=out, compiled=args.compile, micrograd=args.micrograd)
-        return 0
-    from gradrs import bench as bench_module
-
-    return int(bench_module.main(args.args) or 0)
+    out = None if args.no_plot else args.out
+    run_demo(steps=args.steps, seed=args.seed, out=out, compiled=args.compile, micrograd=args.micrograd)
+    return 0
 
 
 if __name__ == "__main__":
