@@ -228,7 +228,11 @@ def test_failed_dense_calls_keep_no_nodes():
         ),
         (lambda: _core._dense([w], [b], [None], [1.0, 2.0]), TypeError, "activations must be str"),
         (lambda: _core._dense([w], [b], "relu", [1.0]), ValueError, "expects 2 inputs, got 1"),
-        (lambda: _core._dense([w], [b], "relu", [1.0, "a"]), TypeError, "layer input must be Values or real numbers"),
+        (
+            lambda: _core._dense([w], [b], "relu", [1.0, "a"]),
+            TypeError,
+            "layer input must be Values or real numbers",
+        ),
         (lambda: _core._dense(w, [b], "relu", [1.0, 2.0]), TypeError, "not iterable"),
         (lambda: gradrs.ParamGroup([*w, b, 1.0]), TypeError, "item 3 is float"),
         (lambda: nn.Layer(2, 2)([1.0, 2.0, 3.0]), ValueError, "expects 2 inputs, got 3"),
