@@ -27,7 +27,7 @@ pub(crate) enum Operand {
 }
 
 /// `obj` as an operand, or the error its conversion to a float raised. Exact Values and floats
-/// are tried first: they are almost every operand an operator sees.
+/// are tried first: they are almost every operand an operator, a sum or a layer sees.
 #[inline]
 pub(crate) fn operand(obj: &Bound<'_, PyAny>) -> PyResult<Operand> {
     if let Ok(value) = obj.cast_exact::<PyValue>() {
@@ -36,6 +36,13 @@ pub(crate) fn operand(obj: &Bound<'_, PyAny>) -> PyResult<Operand> {
     if let Ok(number) = obj.cast_exact::<PyFloat>() {
         return Ok(Operand::Number(number.value()));
     }
+    other_operand(obj)
+}
+
+/// [`operand`] for anything but an exact Value or float: a Value's subclass, or a number of
+/// another type (int, numpy scalar, anything with `__float__` or `__index__`).
+#[inline(never)]
+fn other_operand(obj: &Bound<'_, PyAny>) -> PyResult<Operand> {
     if let Ok(value) = obj.cast::<PyValue>() {
         return Ok(Operand::Node(value.get().id));
     }
@@ -55,19 +62,27 @@ pub(crate) fn not_an_operand(other: &Bound<'_, PyAny>, err: PyErr) -> PyResult<P
 
 /// `item`, item `i` of `what` (or `what` itself when `i` is None), as an operand; anything else
 /// is a TypeError (or the OverflowError of a number too large for a float).
+#[inline]
 fn term(item: &Bound<'_, PyAny>, what: &str, i: Option<usize>) -> PyResult<Operand> {
-    operand(item).map_err(|err| {
-        if err.is_instance_of::<PyOverflowError>(item.py()) {
-            return err;
-        }
-        match i {
-            Some(i) => wrong_item(what, VALUES_OR_NUMBERS, i, item),
-            None => PyTypeError::new_err(format!(
-                "{what} must be a Value or {REAL_NUMBER}, not {}",
-                type_name(item)
-            )),
-        }
-    })
+    match operand(item) {
+        Ok(operand) => Ok(operand),
+        Err(err) => Err(not_a_term(item, what, i, err)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn not_a_term(item: &Bound<'_, PyAny>, what: &str, i: Option<usize>, err: PyErr) -> PyErr {
+    if err.is_instance_of::<PyOverflowError>(item.py()) {
+        return err;
+    }
+    match i {
+        Some(i) => wrong_item(what, VALUES_OR_NUMBERS, i, item),
+        None => PyTypeError::new_err(format!(
+            "{what} must be a Value or {REAL_NUMBER}, not {}",
+            type_name(item)
+        )),
+    }
 }
 
 /// A real number from `obj`, or a TypeError naming what was given instead.
