@@ -154,6 +154,7 @@ pub(crate) struct Held<'py, T> {
 }
 
 impl<'py, T> Held<'py, T> {
+    /// Nothing held yet.
     pub(crate) fn new() -> Self {
         Held {
             items: Vec::new(),
@@ -231,14 +232,14 @@ impl<'py> Held<'py, Option<NodeId>> {
         limit: usize,
         what: &str,
     ) -> PyResult<usize> {
-        let value_type = PyValue::type_object_raw(iterable.py());
         self.extend_at_most(iterable, limit, |item, i| {
             if item.is_none() {
                 return Ok(None);
             }
-            node_of(item, value_type, what, i)
-                .map(Some)
-                .map_err(|_| wrong_item(what, "Values or None", i, item))
+            match item.cast::<PyValue>() {
+                Ok(value) => Ok(Some(value.get().id)),
+                Err(_) => Err(wrong_item(what, "Values or None", i, item)),
+            }
         })
     }
 }
