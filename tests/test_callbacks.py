@@ -200,6 +200,13 @@ def test_one_message_for_a_non_value_everywhere():
             "layer weights must be Values; item 1 is float",
         ),
         (lambda: _core._dense([[w]], [0.0], "relu", [1.0]), "layer biases must be Values; item 0 is float"),
+        (lambda: _core._dense([[w]], [w], [None], [1.0]), "activations must be str; item 0 is NoneType"),
+        (lambda: _core._Program([w, 1.0], [w]), "outputs must be Values; item 1 is float"),
+        (lambda: _core._Program([w], (w, "x")), "inputs must be Values; item 1 is str"),
+        (
+            lambda: _core._Program([w * 2], [w]).run(np.array([1.0]), [2.0]),
+            "attached must be Values or None; item 0 is float",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(TypeError, match=message):
@@ -221,7 +228,11 @@ def test_failed_dense_calls_keep_no_nodes():
         ),
         (lambda: _core._dense([w], [b], [None], [1.0, 2.0]), TypeError, "activations must be str"),
         (lambda: _core._dense([w], [b], "relu", [1.0]), ValueError, "expects 2 inputs, got 1"),
-        (lambda: _core._dense([w], [b], "relu", [1.0, "a"]), TypeError, "layer input must be a real number"),
+        (
+            lambda: _core._dense([w], [b], "relu", [1.0, "a"]),
+            TypeError,
+            "layer input must be Values or real numbers",
+        ),
         (lambda: _core._dense(w, [b], "relu", [1.0, 2.0]), TypeError, "not iterable"),
         (lambda: gradrs.ParamGroup([*w, b, 1.0]), TypeError, "item 3 is float"),
         (lambda: nn.Layer(2, 2)([1.0, 2.0, 3.0]), ValueError, "expects 2 inputs, got 3"),

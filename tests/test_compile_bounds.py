@@ -165,7 +165,7 @@ def test_run_checks_attached():
         program.run(inputs, [x])
     with pytest.raises(ValueError, match="more than 2 items"):
         program.run(inputs, itertools.repeat(None))  # endless: refused, not followed
-    with pytest.raises(TypeError, match="attached item 1 is a float, not a Value or None"):
+    with pytest.raises(TypeError, match="attached must be Values or None; item 1 is float"):
         program.run(inputs, [x, 3.0])
     with pytest.raises(TypeError):
         program.run(inputs, 5)
@@ -194,9 +194,9 @@ def test_run_checks_inputs():
 
 def test_recording_checks_its_arguments():
     x = Value(1.0)
-    with pytest.raises(TypeError, match="outputs item 1 is a float, not a Value"):
+    with pytest.raises(TypeError, match="outputs must be Values; item 1 is float"):
         gradrs._core._Program([x, 1.0], [x])
-    with pytest.raises(TypeError, match="inputs item 0 is a str"):
+    with pytest.raises(TypeError, match="inputs must be Values; item 0 is str"):
         gradrs._core._Program([x], ["x"])
     assert not hasattr(gradrs._core, "Program")  # private: gradrs.compile is the door
 

@@ -69,7 +69,12 @@ MISUSE = [
         "as many inputs as weights",
     ),
     ("dot of a non-iterable", lambda: gradrs.dot(Value(1.0), [1.0]), TypeError, "not iterable"),
-    ("sum of strs", lambda: gradrs.sum(["a"]), TypeError, "sum() items must be a real number"),
+    (
+        "sum of strs",
+        lambda: gradrs.sum(["a"]),
+        TypeError,
+        "sum() items must be Values or real numbers (int, float or numpy scalar); item 0 is str",
+    ),
     (
         "ParamGroup of floats",
         lambda: gradrs.ParamGroup([1.0]),

@@ -10,86 +10,20 @@
 use std::sync::OnceLock;
 
 use gradrs_engine::program::{Output, Program, Reduce, ReplayError};
-use gradrs_engine::ARENA;
+use gradrs_engine::{NodeId, ARENA};
 use numpy::ndarray::Dimension;
 use numpy::{PyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::value::{engine_error, grad_enabled, retain_all, wrap, PyValue};
+use crate::handles::{list_of, release_all, Held, Retained};
+use crate::value::{engine_error, grad_enabled};
 
 #[pyclass(name = "_Program", module = "gradrs", frozen)]
 pub struct PyProgram {
-    program: Program,
-}
-
-impl Drop for PyProgram {
-    fn drop(&mut self) {
-        for &id in self.program.params() {
-            ARENA.release_soon(id);
-        }
-    }
-}
-
-fn type_name(object: &Bound<'_, PyAny>) -> String {
-    object
-        .get_type()
-        .name()
-        .map_or_else(|_| "?".into(), |name| name.to_string())
-}
-
-/// The Values in `values`, held (so that Python code run by the iteration cannot free them
-/// before their ids are used).
-fn values_of<'py>(values: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'py, PyValue>>> {
-    values
-        .try_iter()?
-        .enumerate()
-        .map(|(i, item)| {
-            let item = item?;
-            item.cast_into::<PyValue>().map_err(|e| {
-                let type_name = type_name(&e.into_inner());
-                PyTypeError::new_err(format!("{what} item {i} is a {type_name}, not a Value"))
-            })
-        })
-        .collect()
-}
-
-/// `attached`'s items, exactly `n` of them, each a Value (held) or None. Reads at most `n + 1`
-/// items, so an endless iterator is refused rather than followed forever.
-fn attached_values<'py>(
-    attached: &Bound<'py, PyAny>,
-    n: usize,
-) -> PyResult<Vec<Option<Bound<'py, PyValue>>>> {
-    let mut values = Vec::new();
-    for (i, item) in attached.try_iter()?.take(n.saturating_add(1)).enumerate() {
-        let item = item?;
-        if i == n {
-            return Err(PyValueError::new_err(format!(
-                "attached has more than {n} items (one per input, a Value or None)"
-            )));
-        }
-        if item.is_none() {
-            values.push(None);
-            continue;
-        }
-        match item.cast_into::<PyValue>() {
-            Ok(v) => values.push(Some(v)),
-            Err(e) => {
-                let type_name = type_name(&e.into_inner());
-                return Err(PyTypeError::new_err(format!(
-                    "attached item {i} is a {type_name}, not a Value or None"
-                )));
-            }
-        }
-    }
-    if values.len() != n {
-        return Err(PyValueError::new_err(format!(
-            "attached has {} items, but the program has {n} inputs (one item per input, a Value or None)",
-            values.len()
-        )));
-    }
-    Ok(values)
+    /// The program, holding its parameters (the leaves it reads at each replay).
+    program: Retained<Program>,
 }
 
 fn threads_for(requested: Option<usize>) -> PyResult<usize> {
@@ -183,13 +117,13 @@ impl PyProgram {
         &self,
         py: Python<'py>,
         outputs: Vec<Output>,
-        attached: &[Bound<'py, PyValue>],
+        attached: &[NodeId],
         grads: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let ids = {
             let mut arena = ARENA.lock();
             let mut children = self.program.params().to_vec();
-            children.extend(attached.iter().map(|v| v.get().id));
+            children.extend_from_slice(attached);
             let mut ids = Vec::with_capacity(outputs.len());
             for Output { value, partials } in outputs {
                 let made = if grads {
@@ -200,19 +134,14 @@ impl PyProgram {
                 match made {
                     Ok(id) => ids.push(id),
                     Err(err) => {
-                        ids.into_iter().for_each(|id| arena.release(id));
+                        release_all(&mut arena, &ids);
                         return Err(engine_error(err));
                     }
                 }
             }
             ids
         };
-        PyList::new(
-            py,
-            ids.into_iter()
-                .map(|id| wrap(py, id))
-                .collect::<PyResult<Vec<_>>>()?,
-        )
+        list_of(py, ids)
     }
 }
 
@@ -221,14 +150,15 @@ impl PyProgram {
     /// Records the graph under `outputs`; the Values in `inputs` become its input slots.
     #[new]
     fn new(outputs: &Bound<'_, PyAny>, inputs: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let outputs = values_of(outputs, "outputs")?;
-        let inputs = values_of(inputs, "inputs")?;
-        let outputs: Vec<_> = outputs.iter().map(|v| v.get().id).collect();
-        let inputs: Vec<_> = inputs.iter().map(|v| v.get().id).collect();
+        let mut held = Held::new();
+        let n_outputs = held.values(outputs, "outputs")?;
+        held.values(inputs, "inputs")?;
+        let (outputs, inputs) = held.read.split_at(n_outputs);
         let mut arena = ARENA.lock();
-        let program = Program::record(&arena, &outputs, &inputs).map_err(engine_error)?;
-        retain_all(&mut arena, program.params())?;
-        Ok(PyProgram { program })
+        let program = Program::record(&arena, outputs, inputs).map_err(engine_error)?;
+        Ok(PyProgram {
+            program: Retained::new(&mut arena, program)?,
+        })
     }
 
     #[getter]
@@ -248,8 +178,7 @@ impl PyProgram {
 
     /// The leaves the program reads at each replay.
     fn parameters(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        retain_all(&mut ARENA.lock(), self.program.params())?;
-        self.program.params().iter().map(|&id| wrap(py, id)).collect()
+        self.program.handles(py)
     }
 
     /// Replays with `inputs` (one float64 per input); `attached` (exactly one Value or None per
@@ -270,13 +199,25 @@ impl PyProgram {
                 inputs.len()
             )));
         }
-        let attached = match attached {
-            Some(attached) => attached_values(attached, n_inputs)?,
-            None => Vec::new(),
-        };
-        // Which input slots carry a Value that receives a gradient; the Values stay held.
-        let (slots, attached): (Vec<usize>, Vec<Bound<'py, PyValue>>) = attached
-            .into_iter()
+        // One Value or None per input; `held` holds the Values until their nodes are children.
+        let mut held = Held::new();
+        if let Some(attached) = attached {
+            let n = held.values_or_none(attached, n_inputs, "attached")?;
+            if n > n_inputs {
+                return Err(PyValueError::new_err(format!(
+                    "attached has more than {n_inputs} items (one per input, a Value or None)"
+                )));
+            }
+            if n != n_inputs {
+                return Err(PyValueError::new_err(format!(
+                    "attached has {n} items, but the program has {n_inputs} inputs (one item per input, a Value or None)"
+                )));
+            }
+        }
+        // Which input slots carry a Value that receives a gradient.
+        let (slots, attached): (Vec<usize>, Vec<NodeId>) = held
+            .read
+            .iter()
             .enumerate()
             .filter_map(|(i, v)| v.map(|v| (i, v)))
             .unzip();

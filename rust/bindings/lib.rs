@@ -1,10 +1,12 @@
 //! The Python extension `gradrs._core`: converts arguments, delegates to
 //! `gradrs-engine`, and converts results back. No autodiff logic lives here.
 
-mod bulk;
+mod arrays;
 mod compile;
-mod dense;
 mod fused;
+mod handles;
+mod layers;
+mod optim;
 mod value;
 
 #[pyo3::pymodule(gil_used = false)]
@@ -21,10 +23,10 @@ mod _core {
     use crate::fused::{dot, logsumexp, sum};
 
     #[pymodule_export]
-    use crate::bulk::{leaves, ParamGroup};
+    use crate::arrays::{leaves, ParamGroup};
 
     #[pymodule_export]
-    use crate::dense::_dense;
+    use crate::layers::_dense;
 
     #[pymodule_export]
     use crate::compile::PyProgram;

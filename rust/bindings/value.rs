@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use gradrs_engine::op::Arity;
 use gradrs_engine::{Arena, EngineError, NodeId, Op, ARENA};
-use pyo3::exceptions::{PyMemoryError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyFloat, PySet, PyTuple};
+
+use crate::handles::{not_an_operand, operand, real_number, Operand};
 
 pyo3::create_exception!(
     gradrs,
@@ -95,66 +97,6 @@ impl Drop for PyValue {
     fn drop(&mut self) {
         ARENA.release_soon(self.id);
     }
-}
-
-/// The other side of a binary operator: a node or a plain number.
-enum Operand {
-    Node(NodeId),
-    Number(f64),
-}
-
-/// `None` when `other` is neither a Value nor a real number (see [`not_an_operand`]).
-fn operand(other: &Bound<'_, PyAny>) -> Option<Operand> {
-    if let Ok(value) = other.cast_exact::<PyValue>() {
-        return Some(Operand::Node(value.get().id));
-    }
-    if let Ok(number) = other.cast_exact::<PyFloat>() {
-        return Some(Operand::Number(number.value()));
-    }
-    if let Ok(value) = other.cast::<PyValue>() {
-        return Some(Operand::Node(value.get().id));
-    }
-    other.extract::<f64>().ok().map(Operand::Number)
-}
-
-/// What an operator returns for an `other` that [`operand`] refused: `NotImplemented`, so
-/// Python raises its usual TypeError, except for a number too large for a float
-/// (`10**400`), which is an OverflowError, as in `1.0 + 10**400`.
-#[cold]
-fn not_an_operand(other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    match other.extract::<f64>() {
-        Err(err) if err.is_instance_of::<PyOverflowError>(other.py()) => Err(err),
-        _ => Ok(other.py().NotImplemented()),
-    }
-}
-
-/// A real number from `obj`, or a TypeError naming what was given instead.
-pub(crate) fn real_number(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
-    if let Ok(number) = obj.cast_exact::<PyFloat>() {
-        return Ok(number.value());
-    }
-    if obj.is_instance_of::<PyValue>() {
-        return Err(PyTypeError::new_err(format!(
-            "{what} must be a real number (int, float or numpy scalar), not Value; use v.data for its number"
-        )));
-    }
-    obj.extract::<f64>().map_err(|err| {
-        if err.is_instance_of::<PyOverflowError>(obj.py()) {
-            return err;
-        }
-        PyTypeError::new_err(format!(
-            "{what} must be a real number (int, float or numpy scalar), not {}",
-            type_name(obj)
-        ))
-    })
-}
-
-/// The name of `obj`'s type, for error messages.
-pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
 }
 
 #[cold]
@@ -238,19 +180,6 @@ fn check_forward_nan(arena: &mut Arena, id: NodeId, children: &[NodeId]) -> PyRe
     Ok(())
 }
 
-/// Adds a reference to every node in `ids`, or to none of them if one is stale.
-pub(crate) fn retain_all(arena: &mut Arena, ids: &[NodeId]) -> PyResult<()> {
-    for (n, &id) in ids.iter().enumerate() {
-        if let Err(err) = arena.retain(id) {
-            for &done in &ids[..n] {
-                arena.release(done);
-            }
-            return Err(engine_error(err));
-        }
-    }
-    Ok(())
-}
-
 /// A new leaf holding `data`.
 pub(crate) fn new_leaf(data: f64) -> PyResult<NodeId> {
     ARENA.lock().leaf(data).map_err(engine_error)
@@ -296,9 +225,9 @@ impl PyValue {
     ) -> PyResult<Py<PyAny>> {
         let py = other.py();
         match operand(other) {
-            Some(Operand::Node(b)) => record(py, op, &[self.id, b]),
-            Some(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
-            None => not_an_operand(other),
+            Ok(Operand::Node(b)) => record(py, op, &[self.id, b]),
+            Ok(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
+            Err(err) => not_an_operand(other, err),
         }
     }
 
@@ -307,9 +236,9 @@ impl PyValue {
     fn reflected(&self, other: &Bound<'_, PyAny>, on_number: impl FnOnce(f64) -> Op) -> PyResult<Py<PyAny>> {
         let py = other.py();
         match operand(other) {
-            Some(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
-            Some(Operand::Node(_)) => Ok(py.NotImplemented()),
-            None => not_an_operand(other),
+            Ok(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
+            Ok(Operand::Node(_)) => Ok(py.NotImplemented()),
+            Err(err) => not_an_operand(other, err),
         }
     }
 }

@@ -4,14 +4,13 @@
 //! its neurons hold at that moment.
 
 use gradrs_engine::{NodeId, Op, ARENA};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 use pyo3::PyTypeInfo;
 
-use crate::bulk::wrap_all;
-use crate::fused::{node_of, release_all, resolve, Held};
-use crate::value::{record_locked, type_name, PyValue};
+use crate::handles::{list_of, node_of, release_all, resolve, wrong_item, Held};
+use crate::value::{record_locked, PyValue};
 
 fn activation(name: &str) -> PyResult<Option<Op>> {
     match name {
@@ -39,12 +38,7 @@ fn activations(names: &Bound<'_, PyAny>, nout: usize) -> PyResult<Vec<Option<Op>
             Some((same, op)) if same.as_ptr() == name.as_ptr() => *op,
             _ => match name.cast::<PyString>() {
                 Ok(text) => activation(text.to_str()?)?,
-                Err(_) => {
-                    return Err(PyTypeError::new_err(format!(
-                        "activations must be str; item {i} is {}",
-                        type_name(&name)
-                    )))
-                }
+                Err(_) => return Err(wrong_item("activations", "str", i, &name)),
             },
         };
         // `last` holds the name it was parsed from, so no other object can take its address.
@@ -165,7 +159,7 @@ pub fn _dense<'py>(
     // Inputs first: converting them may run Python code, and the weights read after it are
     // the ones the neurons hold when the nodes are made.
     let mut xs = Held::new();
-    let nin = xs.terms(inputs, "layer input")?;
+    let nin = xs.operands(inputs, "layer input")?;
     let mut params: Held<'py, NodeId> = Held::new();
     let (nout, ops) = match plain_lists(weights, biases) {
         Some((rows, biases)) => {
@@ -221,5 +215,5 @@ pub fn _dense<'py>(
     };
     // `xs` and `params` held every Value read until here, where the new nodes hold theirs.
     drop((xs, params));
-    PyList::new(py, wrap_all(py, outputs)?)
+    list_of(py, outputs)
 }

@@ -1,6 +1,5 @@
-//! numpy in bulk: many leaves from one array, and a parameter group whose data
-//! and gradients move to and from numpy, and are updated by an optimizer, in one
-//! call each.
+//! numpy in bulk: many leaves from one array, and a parameter group whose data and
+//! gradients move to and from numpy in one call each (its optimiser steps are in `optim.rs`).
 
 use gradrs_engine::optim::{Adam, Sgd};
 use gradrs_engine::{NodeId, ARENA};
@@ -9,8 +8,9 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::fused::{release_all, Held};
-use crate::value::{engine_error, refuse_while_tracing, retain_all, wrap};
+use crate::handles::{list_of, release_all, Held, Retained};
+use crate::optim;
+use crate::value::{engine_error, refuse_while_tracing};
 
 /// One new leaf Value per element of a 1-d float64 array.
 #[pyfunction]
@@ -30,53 +30,13 @@ pub fn leaves<'py>(py: Python<'py>, array: PyReadonlyArray1<'py, f64>) -> PyResu
         }
         ids
     };
-    PyList::new(py, wrap_all(py, ids)?)
-}
-
-/// A handle for each of `ids`, each already holding the reference its handle takes over.
-/// If one cannot be made, the references of the rest are released too.
-pub(crate) fn wrap_all(py: Python<'_>, ids: Vec<NodeId>) -> PyResult<Vec<Py<PyAny>>> {
-    let mut handles = Vec::with_capacity(ids.len());
-    for (n, &id) in ids.iter().enumerate() {
-        match wrap(py, id) {
-            Ok(handle) => handles.push(handle),
-            Err(err) => {
-                let mut arena = ARENA.lock();
-                for &rest in &ids[n + 1..] {
-                    arena.release(rest);
-                }
-                return Err(err);
-            }
-        }
-    }
-    Ok(handles)
+    list_of(py, ids)
 }
 
 /// A fixed list of Values (typically a model's parameters) handled as one array.
 #[pyclass(module = "gradrs", frozen)]
 pub struct ParamGroup {
-    ids: Vec<NodeId>,
-}
-
-impl Drop for ParamGroup {
-    fn drop(&mut self) {
-        for &id in &self.ids {
-            ARENA.release_soon(id);
-        }
-    }
-}
-
-impl ParamGroup {
-    /// Reads every parameter's data and gradient, lets `step` change the data, writes it back;
-    /// all under one lock.
-    fn update(&self, step: impl FnOnce(&mut [f64], &[f64])) -> PyResult<()> {
-        refuse_while_tracing("an optimiser step")?;
-        let mut arena = ARENA.lock();
-        let mut data = arena.data_of(&self.ids).map_err(engine_error)?;
-        let grad = arena.grad_of(&self.ids).map_err(engine_error)?;
-        step(&mut data, &grad);
-        arena.set_data_of(&self.ids, &data).map_err(engine_error)
-    }
+    ids: Retained<Vec<NodeId>>,
 }
 
 fn slice_of<'a>(array: &'a PyReadonlyArray1<'_, f64>, expected: usize) -> PyResult<&'a [f64]> {
@@ -87,7 +47,7 @@ fn slice_of<'a>(array: &'a PyReadonlyArray1<'_, f64>, expected: usize) -> PyResu
     Ok(slice)
 }
 
-fn check_len(expected: usize, got: usize) -> PyResult<()> {
+pub(crate) fn check_len(expected: usize, got: usize) -> PyResult<()> {
     if expected == got {
         Ok(())
     } else {
@@ -97,28 +57,15 @@ fn check_len(expected: usize, got: usize) -> PyResult<()> {
     }
 }
 
-fn state<'a>(
-    array: &'a mut PyReadwriteArray1<'_, f64>,
-    expected: usize,
-    name: &str,
-) -> PyResult<&'a mut [f64]> {
-    let slice = array
-        .as_slice_mut()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous float64 array")))?;
-    check_len(expected, slice.len())?;
-    Ok(slice)
-}
-
 #[pymethods]
 impl ParamGroup {
     #[new]
     fn new(values: &Bound<'_, PyAny>) -> PyResult<Self> {
         let mut held = Held::new();
         held.values(values, "ParamGroup items")?;
-        retain_all(&mut ARENA.lock(), &held.read)?;
-        Ok(ParamGroup {
-            ids: std::mem::take(&mut held.read),
-        })
+        // Retained while `held` still holds the Values read.
+        let ids = Retained::new(&mut ARENA.lock(), std::mem::take(&mut held.read))?;
+        Ok(ParamGroup { ids })
     }
 
     fn __len__(&self) -> usize {
@@ -127,8 +74,7 @@ impl ParamGroup {
 
     /// The Values, in order.
     fn values(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        retain_all(&mut ARENA.lock(), &self.ids)?;
-        wrap_all(py, self.ids.clone())
+        self.ids.handles(py)
     }
 
     /// A copy of every Value's data.
@@ -170,17 +116,16 @@ impl ParamGroup {
         lr: f64,
         momentum: f64,
         weight_decay: f64,
-        mut velocity: PyReadwriteArray1<'_, f64>,
+        velocity: PyReadwriteArray1<'_, f64>,
         nesterov: bool,
     ) -> PyResult<()> {
-        let velocity = state(&mut velocity, self.ids.len(), "velocity")?;
         let sgd = Sgd {
             lr,
             momentum,
             weight_decay,
             nesterov,
         };
-        self.update(|data, grad| sgd.step(data, grad, velocity))
+        optim::sgd_step(&self.ids, &sgd, velocity)
     }
 
     /// One `torch.optim.Adam` (or, with `decoupled`, `AdamW`) step number `step`
@@ -195,11 +140,9 @@ impl ParamGroup {
         eps: f64,
         weight_decay: f64,
         decoupled: bool,
-        mut m: PyReadwriteArray1<'_, f64>,
-        mut v: PyReadwriteArray1<'_, f64>,
+        m: PyReadwriteArray1<'_, f64>,
+        v: PyReadwriteArray1<'_, f64>,
     ) -> PyResult<()> {
-        let m = state(&mut m, self.ids.len(), "m")?;
-        let v = state(&mut v, self.ids.len(), "v")?;
         let adam = Adam {
             lr,
             beta1,
@@ -208,6 +151,6 @@ impl ParamGroup {
             weight_decay,
             decoupled,
         };
-        self.update(|data, grad| adam.step(step, data, grad, m, v))
+        optim::adam_step(&self.ids, &adam, step, m, v)
     }
 }

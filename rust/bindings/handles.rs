@@ -1,0 +1,371 @@
+//! Node ids from Python objects, and the references the binding holds on nodes.
+//!
+//! Everything that turns a Python object into a node id (or a number an op takes in place of
+//! one) reads it here, so every caller holds what it read the same way and says the same thing
+//! about an object of the wrong type; and everything that keeps nodes alive past a call holds
+//! them with [`Retained`].
+
+use std::ops::Deref;
+
+use gradrs_engine::program::Program;
+use gradrs_engine::{Arena, NodeId, ARENA};
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyList, PyTuple};
+use pyo3::{ffi, PyTypeInfo};
+
+use crate::value::{engine_error, wrap, PyValue};
+
+/// What `what` must be, for the error messages (one form for every caller).
+const REAL_NUMBER: &str = "a real number (int, float or numpy scalar)";
+const VALUES_OR_NUMBERS: &str = "Values or real numbers (int, float or numpy scalar)";
+
+/// An argument an op takes: a node, or a number (an op over a constant, or a constant leaf).
+pub(crate) enum Operand {
+    Node(NodeId),
+    Number(f64),
+}
+
+/// `obj` as an operand, or the error its conversion to a float raised. Exact Values and floats
+/// are tried first: they are almost every operand an operator, a sum or a layer sees.
+#[inline]
+pub(crate) fn operand(obj: &Bound<'_, PyAny>) -> PyResult<Operand> {
+    if let Ok(value) = obj.cast_exact::<PyValue>() {
+        return Ok(Operand::Node(value.get().id));
+    }
+    if let Ok(number) = obj.cast_exact::<PyFloat>() {
+        return Ok(Operand::Number(number.value()));
+    }
+    other_operand(obj)
+}
+
+/// [`operand`] for anything but an exact Value or float: a Value's subclass, or a number of
+/// another type (int, numpy scalar, anything with `__float__` or `__index__`).
+#[inline(never)]
+fn other_operand(obj: &Bound<'_, PyAny>) -> PyResult<Operand> {
+    if let Ok(value) = obj.cast::<PyValue>() {
+        return Ok(Operand::Node(value.get().id));
+    }
+    obj.extract::<f64>().map(Operand::Number)
+}
+
+/// What an operator returns for an `other` that is no operand (`err` is why): `NotImplemented`,
+/// so Python raises its usual TypeError, except for a number too large for a float (`10**400`),
+/// which is an OverflowError, as in `1.0 + 10**400`.
+#[cold]
+pub(crate) fn not_an_operand(other: &Bound<'_, PyAny>, err: PyErr) -> PyResult<Py<PyAny>> {
+    if err.is_instance_of::<PyOverflowError>(other.py()) {
+        return Err(err);
+    }
+    Ok(other.py().NotImplemented())
+}
+
+/// `item`, item `i` of `what` (or `what` itself when `i` is None), as an operand; anything else
+/// is a TypeError (or the OverflowError of a number too large for a float).
+#[inline]
+fn term(item: &Bound<'_, PyAny>, what: &str, i: Option<usize>) -> PyResult<Operand> {
+    match operand(item) {
+        Ok(operand) => Ok(operand),
+        Err(err) => Err(not_a_term(item, what, i, err)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn not_a_term(item: &Bound<'_, PyAny>, what: &str, i: Option<usize>, err: PyErr) -> PyErr {
+    if err.is_instance_of::<PyOverflowError>(item.py()) {
+        return err;
+    }
+    match i {
+        Some(i) => wrong_item(what, VALUES_OR_NUMBERS, i, item),
+        None => PyTypeError::new_err(format!(
+            "{what} must be a Value or {REAL_NUMBER}, not {}",
+            type_name(item)
+        )),
+    }
+}
+
+/// A real number from `obj`, or a TypeError naming what was given instead.
+pub(crate) fn real_number(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
+    if let Ok(number) = obj.cast_exact::<PyFloat>() {
+        return Ok(number.value());
+    }
+    if obj.is_instance_of::<PyValue>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be {REAL_NUMBER}, not Value; use v.data for its number"
+        )));
+    }
+    obj.extract::<f64>().map_err(|err| {
+        if err.is_instance_of::<PyOverflowError>(obj.py()) {
+            return err;
+        }
+        PyTypeError::new_err(format!("{what} must be {REAL_NUMBER}, not {}", type_name(obj)))
+    })
+}
+
+/// The TypeError for item `i` of `what`, which must be `expected`.
+#[cold]
+pub(crate) fn wrong_item(what: &str, expected: &str, i: usize, item: &Bound<'_, PyAny>) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{what} must be {expected}; item {i} is {}",
+        type_name(item)
+    ))
+}
+
+/// The name of `obj`'s type, for error messages.
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The node of `item`, item `i` of `what`, which must be a Value; reading it runs no Python code.
+/// `value_type` is `Value`'s type object, looked up once by the caller.
+#[inline]
+pub(crate) fn node_of(
+    item: &Bound<'_, PyAny>,
+    value_type: *mut ffi::PyTypeObject,
+    what: &str,
+    i: usize,
+) -> PyResult<NodeId> {
+    if item.get_type_ptr() == value_type {
+        // SAFETY: the item's type is exactly Value's, checked just above (a pointer
+        // comparison: a layer reads a few hundred weights per call).
+        return Ok(unsafe { item.cast_unchecked::<PyValue>() }.get().id);
+    }
+    match item.cast::<PyValue>() {
+        Ok(value) => Ok(value.get().id),
+        Err(_) => Err(wrong_item(what, "Values", i, item)),
+    }
+}
+
+/// What was read from the items of Python iterables, with the items themselves.
+///
+/// A Value's node lives only while some handle to it does, and reading an item can run Python
+/// code (`__float__`, `__index__`, a generator's next step) that drops every other handle, or
+/// empties the list being read. So the items are first copied into a tuple of our own (one
+/// call for a list, and immutable, so nothing can take an item out of it), held from before
+/// the first item is read until the engine call that uses what was read is over: keep a
+/// `Held` alive across that call.
+pub(crate) struct Held<'py, T> {
+    items: Vec<Bound<'py, PyTuple>>,
+    pub(crate) read: Vec<T>,
+}
+
+impl<'py, T> Held<'py, T> {
+    /// Nothing held yet.
+    pub(crate) fn new() -> Self {
+        Held {
+            items: Vec::new(),
+            read: Vec::new(),
+        }
+    }
+
+    /// Holds every item of `iterable`, then reads each with `read(item, index)`; returns how
+    /// many there were.
+    fn extend(
+        &mut self,
+        iterable: &Bound<'py, PyAny>,
+        read: impl Fn(&Bound<'py, PyAny>, usize) -> PyResult<T>,
+    ) -> PyResult<usize> {
+        let items = match iterable.cast_exact::<PyTuple>() {
+            Ok(tuple) => tuple.clone(),
+            // SAFETY: `iterable` is a valid object; `PySequence_Tuple` (Python's `tuple(x)`)
+            // returns a new reference, or null with an exception set, which this turns into Err.
+            Err(_) => unsafe {
+                Bound::from_owned_ptr_or_err(iterable.py(), ffi::PySequence_Tuple(iterable.as_ptr()))?
+                    .cast_into::<PyTuple>()?
+            },
+        };
+        self.read_all(items, read)
+    }
+
+    /// [`Held::extend`] for an iterable that may be endless: takes at most `limit` items (then
+    /// returns `limit + 1`, for the caller to refuse).
+    fn extend_at_most(
+        &mut self,
+        iterable: &Bound<'py, PyAny>,
+        limit: usize,
+        read: impl Fn(&Bound<'py, PyAny>, usize) -> PyResult<T>,
+    ) -> PyResult<usize> {
+        let items = iterable
+            .try_iter()?
+            .take(limit.saturating_add(1))
+            .collect::<PyResult<Vec<_>>>()?;
+        if items.len() > limit {
+            return Ok(items.len());
+        }
+        self.read_all(PyTuple::new(iterable.py(), items)?, read)
+    }
+
+    fn read_all(
+        &mut self,
+        items: Bound<'py, PyTuple>,
+        read: impl Fn(&Bound<'py, PyAny>, usize) -> PyResult<T>,
+    ) -> PyResult<usize> {
+        self.read.reserve(items.len());
+        for (i, item) in items.iter_borrowed().enumerate() {
+            self.read.push(read(&item, i)?);
+        }
+        let n = items.len();
+        self.items.push(items);
+        Ok(n)
+    }
+}
+
+impl<'py> Held<'py, NodeId> {
+    /// Appends the nodes of the Values in `iterable`; anything else is a TypeError naming
+    /// `what` and the item's position.
+    pub(crate) fn values(&mut self, iterable: &Bound<'py, PyAny>, what: &str) -> PyResult<usize> {
+        let value_type = PyValue::type_object_raw(iterable.py());
+        self.extend(iterable, |item, i| node_of(item, value_type, what, i))
+    }
+}
+
+impl<'py> Held<'py, Option<NodeId>> {
+    /// Appends the nodes of the Values in `iterable`, None for each None, reading at most
+    /// `limit` items (`limit + 1` is returned for more).
+    pub(crate) fn values_or_none(
+        &mut self,
+        iterable: &Bound<'py, PyAny>,
+        limit: usize,
+        what: &str,
+    ) -> PyResult<usize> {
+        self.extend_at_most(iterable, limit, |item, i| {
+            if item.is_none() {
+                return Ok(None);
+            }
+            match item.cast::<PyValue>() {
+                Ok(value) => Ok(Some(value.get().id)),
+                Err(_) => Err(wrong_item(what, "Values or None", i, item)),
+            }
+        })
+    }
+}
+
+impl<'py> Held<'py, Operand> {
+    /// Appends the operands (Values or real numbers) in `iterable`.
+    pub(crate) fn operands(&mut self, iterable: &Bound<'py, PyAny>, what: &str) -> PyResult<usize> {
+        self.extend(iterable, |item, i| term(item, what, Some(i)))
+    }
+
+    /// Appends one operand, an argument of the call (which holds it).
+    pub(crate) fn push(&mut self, item: &Bound<'py, PyAny>, what: &str) -> PyResult<()> {
+        self.read.push(term(item, what, None)?);
+        Ok(())
+    }
+}
+
+/// The nodes for `operands`, making a leaf for each number. The leaves are returned too: the
+/// caller releases them once the nodes that use them hold them.
+pub(crate) fn resolve(arena: &mut Arena, operands: &[Operand]) -> PyResult<(Vec<NodeId>, Vec<NodeId>)> {
+    let mut constants = Vec::new();
+    let mut nodes = Vec::with_capacity(operands.len());
+    for operand in operands {
+        match *operand {
+            Operand::Node(id) => nodes.push(id),
+            Operand::Number(c) => match arena.leaf(c) {
+                Ok(id) => {
+                    constants.push(id);
+                    nodes.push(id);
+                }
+                Err(err) => {
+                    release_all(arena, &constants);
+                    return Err(engine_error(err));
+                }
+            },
+        }
+    }
+    Ok((nodes, constants))
+}
+
+/// Adds a reference to every node in `ids`, or to none of them if one is stale.
+pub(crate) fn retain_all(arena: &mut Arena, ids: &[NodeId]) -> PyResult<()> {
+    for (n, &id) in ids.iter().enumerate() {
+        if let Err(err) = arena.retain(id) {
+            release_all(arena, &ids[..n]);
+            return Err(engine_error(err));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn release_all(arena: &mut Arena, ids: &[NodeId]) {
+    for &id in ids {
+        arena.release(id);
+    }
+}
+
+/// A handle for each of `ids`, each already holding the reference its handle takes over.
+/// If one cannot be made, the references of the rest are released too.
+pub(crate) fn wrap_all(py: Python<'_>, ids: Vec<NodeId>) -> PyResult<Vec<Py<PyAny>>> {
+    let mut handles = Vec::with_capacity(ids.len());
+    for (n, &id) in ids.iter().enumerate() {
+        match wrap(py, id) {
+            Ok(handle) => handles.push(handle),
+            Err(err) => {
+                release_all(&mut ARENA.lock(), &ids[n + 1..]);
+                return Err(err);
+            }
+        }
+    }
+    Ok(handles)
+}
+
+/// [`wrap_all`] as a list.
+pub(crate) fn list_of(py: Python<'_>, ids: Vec<NodeId>) -> PyResult<Bound<'_, PyList>> {
+    PyList::new(py, wrap_all(py, ids)?)
+}
+
+/// Something that names nodes it needs alive for as long as it lives.
+pub(crate) trait Nodes {
+    fn nodes(&self) -> &[NodeId];
+}
+
+impl Nodes for Vec<NodeId> {
+    fn nodes(&self) -> &[NodeId] {
+        self
+    }
+}
+
+impl Nodes for Program {
+    fn nodes(&self) -> &[NodeId] {
+        self.params()
+    }
+}
+
+/// `T` with a reference held on each of its nodes: taken when it is built, given back when it
+/// is dropped (from any thread, never waiting for the arena's lock).
+pub(crate) struct Retained<T: Nodes>(T);
+
+impl<T: Nodes> Retained<T> {
+    /// Retains all of `owner`'s nodes, or none if one of them is stale.
+    pub(crate) fn new(arena: &mut Arena, owner: T) -> PyResult<Self> {
+        retain_all(arena, owner.nodes())?;
+        Ok(Retained(owner))
+    }
+
+    /// New handles to the nodes, in order.
+    pub(crate) fn handles(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        let ids = self.0.nodes();
+        retain_all(&mut ARENA.lock(), ids)?;
+        wrap_all(py, ids.to_vec())
+    }
+}
+
+impl<T: Nodes> Deref for Retained<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Nodes> Drop for Retained<T> {
+    fn drop(&mut self) {
+        for &id in self.0.nodes() {
+            ARENA.release_soon(id);
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The optimisers' steps over a `ParamGroup` (`gradrs.optim.SGD`, `Adam`, `AdamW`): the
+//! parameters' data and gradients are read, updated by the engine's `optim` and written back
+//! under one lock, with the optimiser's state in numpy arrays the Python object keeps.
+
+use gradrs_engine::optim::{Adam, Sgd};
+use gradrs_engine::{NodeId, ARENA};
+use numpy::PyReadwriteArray1;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::arrays::check_len;
+use crate::value::{engine_error, refuse_while_tracing};
+
+/// One `torch.optim.SGD` step over `params`; `velocity` is updated in place.
+pub(crate) fn sgd_step(
+    params: &[NodeId],
+    sgd: &Sgd,
+    mut velocity: PyReadwriteArray1<'_, f64>,
+) -> PyResult<()> {
+    let velocity = state(&mut velocity, params.len(), "velocity")?;
+    update(params, |data, grad| sgd.step(data, grad, velocity))
+}
+
+/// One `torch.optim.Adam` (or `AdamW`) step number `step` over `params`; the moments `m` and
+/// `v` are updated in place.
+pub(crate) fn adam_step(
+    params: &[NodeId],
+    adam: &Adam,
+    step: u64,
+    mut m: PyReadwriteArray1<'_, f64>,
+    mut v: PyReadwriteArray1<'_, f64>,
+) -> PyResult<()> {
+    let m = state(&mut m, params.len(), "m")?;
+    let v = state(&mut v, params.len(), "v")?;
+    update(params, |data, grad| adam.step(step, data, grad, m, v))
+}
+
+/// Reads every parameter's data and gradient, lets `step` change the data, writes it back;
+/// all under one lock.
+fn update(params: &[NodeId], step: impl FnOnce(&mut [f64], &[f64])) -> PyResult<()> {
+    refuse_while_tracing("an optimiser step")?;
+    let mut arena = ARENA.lock();
+    let mut data = arena.data_of(params).map_err(engine_error)?;
+    let grad = arena.grad_of(params).map_err(engine_error)?;
+    step(&mut data, &grad);
+    arena.set_data_of(params, &data).map_err(engine_error)
+}
+
+/// An optimiser's state array `name`, one number per parameter, to update in place.
+fn state<'a>(
+    array: &'a mut PyReadwriteArray1<'_, f64>,
+    expected: usize,
+    name: &str,
+) -> PyResult<&'a mut [f64]> {
+    let slice = array
+        .as_slice_mut()
+        .map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous float64 array")))?;
+    check_len(expected, slice.len())?;
+    Ok(slice)
+}
