@@ -12,6 +12,7 @@ import math
 import numbers
 import operator
 from collections.abc import Sequence
+from typing import cast
 
 from gradrs._core import Value, dot, logsumexp
 from gradrs._core import sum as vsum
@@ -87,6 +88,7 @@ def _negative_log_softmax(logits: Sequence[Value], target: int) -> Value:
 
 def _class_index(target: object, n_classes: int) -> int:
     try:
+        # ignore[arg-type]: any object may come here; operator.index is the check that refuses it.
         index = operator.index(target)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(
@@ -102,10 +104,11 @@ def cross_entropy(logits: Sequence[Value] | Sequence[Sequence[Value]], targets: 
     """Softmax cross-entropy: one sample (a list of logits and a class index) or a batch (mean)."""
     # int is named beside Integral for type checkers only: typeshed does not register it as one.
     if isinstance(targets, (int, numbers.Integral)):
-        batch: list[Sequence[Value]] = [logits]  # type: ignore[list-item]
+        # One class index means one sample: the logits are a single list.
+        batch = [cast("Sequence[Value]", logits)]
         classes: list[object] = [targets]
     else:
-        batch = list(logits)  # type: ignore[arg-type]
+        batch = list(cast("Sequence[Sequence[Value]]", logits))
         classes = list(targets)
         _check(batch, classes)
     terms = [
