@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from gradrs._core import AnomalyError, _set_detect_anomaly
 
@@ -48,4 +48,4 @@ class detect_anomaly:
             with detect_anomaly():
                 return fn(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)

@@ -23,7 +23,8 @@ def leaves(array: Any) -> Any:
     import numpy as np  # numpy is imported on first use, so `import gradrs` stays light
 
     arr = np.asarray(array, dtype=np.float64)
-    flat = _core.leaves(np.ascontiguousarray(arr.reshape(-1)))
+    # Regrouped below into nested lists, one level per axis after the first.
+    flat: list[Any] = _core.leaves(np.ascontiguousarray(arr.reshape(-1)))
     if arr.ndim == 0:
         return flat[0]
     for size in reversed(arr.shape[1:]):

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import numpy as np
 
@@ -41,7 +41,8 @@ def loss_of(
     model: nn.MLP, inputs: list[list[Value]], y: np.ndarray, alpha: float = 1e-4
 ) -> tuple[Value, float]:
     """The notebook's loss: mean hinge loss plus ``alpha * sum(p*p)``, and the accuracy."""
-    scores = [model(x) for x in inputs]
+    # The demo's models end in one neuron, so each call gives a single Value.
+    scores = cast("list[Value]", [model(x) for x in inputs])
     losses = [(1 + -float(yi) * score).relu() for yi, score in zip(y, scores, strict=True)]
     data_loss = sum(losses) * (1.0 / len(losses))
     params = model.parameters()
@@ -147,7 +148,7 @@ def decision_boundary(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path, h
     xx, yy = np.meshgrid(np.arange(x_min, x_max, h), np.arange(y_min, y_max, h))
     mesh = np.c_[xx.ravel(), yy.ravel()]
     with no_grad():
-        scores = [model(row) for row in leaves(mesh)]
+        scores = cast("list[Value]", [model(row) for row in leaves(mesh)])
     Z = np.array([s.data > 0 for s in scores]).reshape(xx.shape)
     fig = plt.figure(figsize=(6, 5))
     plt.contourf(xx, yy, Z, cmap=plt.cm.Spectral, alpha=0.8)
@@ -167,7 +168,7 @@ def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> Pat
     x = leaves(X[0])
     for value, name in zip(x, ("x0", "x1"), strict=True):
         value.label = name
-    loss = (1 + -float(y[0]) * model(x)).relu()
+    loss = (1 + -float(y[0]) * cast(Value, model(x))).relu()
     loss.label = "loss"
     loss.backward()
     graph = draw_dot(loss)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from gradrs._core import _set_grad_enabled, is_grad_enabled
 
@@ -32,7 +32,7 @@ class _GradMode:
             with type(self)():
                 return fn(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     def _wrap_generator(self, fn: F) -> F:
         """The mode holds while the generator's body runs, from each resumption to its next
@@ -61,7 +61,7 @@ class _GradMode:
                 else:
                     resume = functools.partial(gen.send, sent)
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
 
 class no_grad(_GradMode):

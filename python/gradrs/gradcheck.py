@@ -81,7 +81,8 @@ def gradcheck(
         down[i] = x - eps
         numerical = (_evaluate(fn, up) - _evaluate(fn, down)) / (2 * eps)
         if not abs(a - numerical) <= atol + rtol * abs(numerical):
-            name = inputs[i].label if isinstance(inputs[i], Value) and inputs[i].label else f"input {i}"
+            given = inputs[i]
+            name = given.label if isinstance(given, Value) and given.label else f"input {i}"
             message = (
                 f"gradcheck failed for {name} (value {x!r}): analytic gradient {a!r}, "
                 f"numerical gradient {numerical!r} (atol={atol}, rtol={rtol}, eps={eps})"

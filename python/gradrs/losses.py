@@ -12,6 +12,7 @@ import math
 import numbers
 import operator
 from collections.abc import Sequence
+from typing import cast
 
 from gradrs._core import Value, dot, logsumexp
 from gradrs._core import sum as vsum
@@ -28,7 +29,7 @@ __all__ = [
 Number = Value | float
 
 
-def _mean(terms: list[Value]) -> Value:
+def _mean(terms: Sequence[Number]) -> Value:
     return vsum(terms) * (1.0 / len(terms))
 
 
@@ -42,7 +43,7 @@ def _check(predictions: Sequence[object], targets: Sequence[object]) -> None:
 def mse_loss(predictions: Sequence[Number], targets: Sequence[Number]) -> Value:
     """Mean of ``(prediction - target)**2``."""
     _check(predictions, targets)
-    return _mean([(p - t) ** 2 for p, t in zip(predictions, targets, strict=True)])  # type: ignore[operator]
+    return _mean([(p - t) ** 2 for p, t in zip(predictions, targets, strict=True)])
 
 
 def hinge_loss(scores: Sequence[Value], labels: Sequence[float]) -> Value:
@@ -59,7 +60,7 @@ def _binary_cross_entropy(z: Value, y: Number) -> Value:
     precision even where they are tiny (PyTorch's ``(1-y)*z - logsigmoid(z)`` loses it for
     y = 0 and z << 0, and its gradient for y = 1 and z >> 0).
     """
-    return y * (-z).softplus(threshold=math.inf) + (1 - y) * z.softplus(threshold=math.inf)  # type: ignore[operator]
+    return y * (-z).softplus(threshold=math.inf) + (1 - y) * z.softplus(threshold=math.inf)
 
 
 def binary_cross_entropy_with_logits(logits: Sequence[Value], targets: Sequence[Number]) -> Value:
@@ -87,6 +88,7 @@ def _negative_log_softmax(logits: Sequence[Value], target: int) -> Value:
 
 def _class_index(target: object, n_classes: int) -> int:
     try:
+        # ignore[arg-type]: any object may come here; operator.index is the check that refuses it.
         index = operator.index(target)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(
@@ -100,11 +102,13 @@ def _class_index(target: object, n_classes: int) -> int:
 
 def cross_entropy(logits: Sequence[Value] | Sequence[Sequence[Value]], targets: int | Sequence[int]) -> Value:
     """Softmax cross-entropy: one sample (a list of logits and a class index) or a batch (mean)."""
-    if isinstance(targets, numbers.Integral):
-        batch: list[Sequence[Value]] = [logits]  # type: ignore[list-item]
-        classes = [targets]
+    # int is named beside Integral for type checkers only: typeshed does not register it as one.
+    if isinstance(targets, (int, numbers.Integral)):
+        # One class index means one sample: the logits are a single list.
+        batch = [cast("Sequence[Value]", logits)]
+        classes: list[object] = [targets]
     else:
-        batch = list(logits)  # type: ignore[arg-type]
+        batch = list(cast("Sequence[Sequence[Value]]", logits))
         classes = list(targets)
         _check(batch, classes)
     terms = [

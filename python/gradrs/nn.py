@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from gradrs._core import ParamGroup, Value, _dense, dot
 
@@ -106,7 +106,9 @@ class Module:
         """Writes the parameters to a ``.npz`` file (one array entry per parameter name)."""
         import numpy as np
 
-        np.savez(path, **{name: np.float64(p.data) for name, p in self.named_parameters()})
+        # ignore: numpy's stub lets the ** mapping fill its keyword allow_pickle: bool too; the names
+        # gradrs gives (paths like "layers.0.neurons.1.w.0", or positions) are never that keyword.
+        np.savez(path, **{name: np.float64(p.data) for name, p in self.named_parameters()})  # type: ignore[arg-type]
 
     def load(self, path: str | Path, strict: bool = True) -> None:
         """Reads parameters written by ``save()`` (given the same path: numpy adds ``.npz``).
@@ -323,11 +325,12 @@ class MLP(Module):
         ]
 
     def __call__(self, x: Sequence[Input]) -> Value | list[Value]:
-        out: Any = x
+        out: Sequence[Input] | Value = x
         for layer in self.layers:
             # A one-neuron hidden layer returns a bare Value; feed it on as a list (micrograd issue #13).
             out = layer([out] if isinstance(out, Value) else out)
-        return out
+        # The last layer's output; only MLP(nin, []), which has no layers, hands x back as it came.
+        return cast("Value | list[Value]", out)
 
     def parameters(self) -> list[Value]:
         params: list[Value] = []

@@ -73,7 +73,8 @@ def _record_text(text: str) -> str:
 def _Digraph(graphviz: Any, **kwargs: Any) -> Any:
     """A ``graphviz.Digraph`` whose rendering explains a missing ``dot`` program."""
 
-    class Digraph(graphviz.Digraph):  # type: ignore[misc, name-defined]
+    # ignore[misc]: graphviz ships no types, so the class subclassed here is Any to mypy.
+    class Digraph(graphviz.Digraph):  # type: ignore[misc]
         def pipe(self, *args: Any, **kw: Any) -> Any:
             return _explain(super().pipe, *args, **kw)
 
