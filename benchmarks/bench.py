@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Times the chosen workloads in every engine, prints the report, writes the JSON."""
     import numpy as np
+
     from engines import available_engines
     from measure import Timing, bench_chain, bench_eager, bench_memory, bench_training
     from report import report, targets

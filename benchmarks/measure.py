@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from engines import BenchmarkError, Engine, make_model, n_params, with_gc
-from workloads import eager_graph, leaf_values
 
 import gradrs
+
+from engines import BenchmarkError, Engine, make_model, n_params, with_gc
+from workloads import eager_graph, leaf_values
 
 
 @dataclass

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from engines import Engine
 
 import gradrs
 from gradrs.datasets import make_moons
+
+from engines import Engine
 
 
 def leaf_values(n: int, seed: int) -> list[float]:
