@@ -122,8 +122,8 @@ impl Program {
             register.entry(id).or_insert(register_index(i)?);
         }
         let is_input = |id: NodeId| register.contains_key(&id);
-        let opaque = |id: NodeId| Ok(is_input(id) || matches!(arena.op(id)?, Op::Recorded));
-        let order = post_order(arena, outputs, opaque)?;
+        let opaque = |id: NodeId| is_input(id) || matches!(arena.op(id), Ok(Op::Recorded));
+        let order = arena.post_order(outputs, opaque)?;
         let mut params = Vec::new();
         let mut interior = Vec::new();
         let mut calls = Vec::new();
@@ -986,7 +986,7 @@ fn any_computed_from(arena: &Arena, calls: &[NodeId], is_input: impl Fn(NodeId) 
         return Ok(false);
     }
     let mut from_input = HashSet::new();
-    for id in post_order(arena, calls, |n| Ok(is_input(n)))? {
+    for id in arena.post_order(calls, &is_input)? {
         if is_input(id) || arena.children(id)?.iter().any(|c| from_input.contains(c)) {
             from_input.insert(id);
         }
@@ -997,43 +997,6 @@ fn any_computed_from(arena: &Arena, calls: &[NodeId], is_input: impl Fn(NodeId) 
 /// Register (or argument) number `i`, which a program stores in 32 bits.
 fn register_index(i: usize) -> Result<u32> {
     u32::try_from(i).map_err(|_| EngineError::TooManyNodes)
-}
-
-/// Post-order over every node under `roots` (children first, each node once), not walking
-/// below the nodes for which `opaque` is true (they are listed, their children are not).
-fn post_order(
-    arena: &Arena,
-    roots: &[NodeId],
-    opaque: impl Fn(NodeId) -> Result<bool>,
-) -> Result<Vec<NodeId>> {
-    let below = |id: NodeId| -> Result<Vec<NodeId>> {
-        if opaque(id)? {
-            Ok(Vec::new())
-        } else {
-            arena.children(id)
-        }
-    };
-    let mut seen = std::collections::HashSet::new();
-    let mut order = Vec::new();
-    for &root in roots {
-        if !seen.insert(root) {
-            continue;
-        }
-        let mut stack = vec![(root, below(root)?, 0usize)];
-        while let Some((id, children, next)) = stack.last_mut() {
-            if let Some(&child) = children.get(*next) {
-                *next += 1;
-                if seen.insert(child) {
-                    let grandchildren = below(child)?;
-                    stack.push((child, grandchildren, 0));
-                }
-            } else {
-                order.push(*id);
-                stack.pop();
-            }
-        }
-    }
-    Ok(order)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::error::{nan_gradient, out_of_memory, Result};
 use super::node::{Children, Node, NodeId};
-use super::order::DEAD;
+use super::order::{start_walk, walk_post_order, DEAD};
 use super::{Arena, EngineError};
 use crate::op::Op;
 
@@ -98,7 +98,8 @@ impl Arena {
             let mut order = std::mem::take(&mut self.order);
             let mut stack = std::mem::take(&mut self.stack);
             order.clear();
-            self.start_walk(root.slot, &mut stack, epoch)?;
+            stack.clear();
+            start_walk(&mut self.marked(epoch), root.slot, &mut stack)?;
             Stage::Order { order, stack }
         };
         Ok(BackwardPass {
@@ -130,23 +131,25 @@ impl Arena {
                 let outcome = self.sweep_births(next, *low, budget, stop_at_nan, epoch, processed);
                 outcome.map(|()| (*next == *low).then_some(*processed))
             }
-            Stage::Order { order, stack } => match self.walk_post_order(order, stack, epoch, budget) {
-                Ok(false) => return Ok(false),
-                Ok(true) => {
-                    let order = std::mem::take(order);
-                    pass.epoch = self.next_epoch();
-                    self.give(root, 1.0, pass.epoch);
-                    pass.stage = Stage::Walk {
-                        next: order.len(),
-                        order,
-                    };
-                    return Ok(false);
+            Stage::Order { order, stack } => {
+                match walk_post_order(&mut self.marked(epoch), order, stack, budget) {
+                    Ok(false) => return Ok(false),
+                    Ok(true) => {
+                        let order = std::mem::take(order);
+                        pass.epoch = self.next_epoch();
+                        self.give(root, 1.0, pass.epoch);
+                        pass.stage = Stage::Walk {
+                            next: order.len(),
+                            order,
+                        };
+                        return Ok(false);
+                    }
+                    Err(e) => {
+                        pass.stage = Stage::Done; // no gradient was given yet
+                        return Err(e);
+                    }
                 }
-                Err(e) => {
-                    pass.stage = Stage::Done; // no gradient was given yet
-                    return Err(e);
-                }
-            },
+            }
             Stage::Walk { order, next } => {
                 let outcome = self.propagate_along(order, next, budget, stop_at_nan, epoch);
                 outcome.map(|()| (*next == 0).then_some(order.len()))
@@ -281,17 +284,16 @@ impl Arena {
     /// hold an earlier pass's gradients, which must not pass for this one's.
     #[cold]
     pub(super) fn clear_unreached(&mut self, root: u32, pass: u32) {
-        let mut seen = std::collections::HashSet::new();
-        let mut stack = vec![root];
-        while let Some(slot) = stack.pop() {
-            if !seen.insert(slot) {
-                continue;
-            }
+        // The pass has failed with an error already; should even this walk find no memory, the
+        // unreached gradients stay as the last pass left them.
+        let Ok(below) = self.post_order_of_slots([root], |_| false) else {
+            return;
+        };
+        for slot in below {
             let at = slot as usize;
             if self.links[at].mark != pass && !matches!(self.nodes[at].op, Op::Leaf) {
                 self.nodes[at].grad = 0.0;
             }
-            stack.extend(self.child_slots(self.links[at].children));
         }
     }
 
@@ -619,6 +621,29 @@ mod tests {
             arena.set_traversal(traversal);
             let err = backward_in_chunks(&mut arena, d, 3, true).unwrap_err();
             assert!(matches!(err, EngineError::NanGradient { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_pass_stopped_by_a_nan_leaves_no_gradient_of_an_earlier_pass_below() {
+        for traversal in [Traversal::Births, Traversal::Walk] {
+            let mut arena = Arena::new();
+            arena.set_traversal(traversal);
+            let x = arena.leaf(5.0).unwrap();
+            let a = arena.apply1(Op::MulScalar(0.0), x).unwrap(); // interior, value 0
+            let b = arena.apply1(Op::PowScalar(0.5), a).unwrap(); // d/da = inf at 0
+            let c = arena.apply1(Op::MulScalar(0.0), b).unwrap(); // 0 * inf = nan at b
+            let d = chain(&mut arena, c, 20);
+            arena.backward(d).unwrap();
+            assert!(arena.grad(a).unwrap().is_nan(), "{traversal:?}");
+            let err = arena.backward_checked(d, true).unwrap_err();
+            assert!(matches!(err, EngineError::NanGradient { .. }), "{err}");
+            assert_eq!(
+                arena.grad(a).unwrap(),
+                0.0,
+                "{traversal:?}: not reached, so cleared"
+            );
+            assert!(arena.grad(x).unwrap().is_nan(), "a leaf keeps what it was given");
         }
     }
 }

@@ -240,13 +240,11 @@ impl Arena {
         })
     }
 
-    /// Child `i` of a node with `children`.
-    fn child(&self, children: Children, i: usize) -> Option<u32> {
-        match (children, i) {
-            (Children::One(a), 0) | (Children::Two(a, _), 0) => Some(a),
-            (Children::Two(_, b), 1) => Some(b),
-            (Children::Many(list), i) => self.lists[list as usize].get(i).copied(),
-            _ => None,
+    /// The handle of the node living in `slot`.
+    fn id_of(&self, slot: u32) -> NodeId {
+        NodeId {
+            slot,
+            gen: self.slots[slot as usize].gen,
         }
     }
 

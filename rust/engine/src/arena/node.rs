@@ -21,6 +21,19 @@ pub(crate) enum Children {
     Many(u32),
 }
 
+impl Children {
+    /// Child `i`, reading an n-ary node's list in `lists`.
+    #[inline(always)]
+    pub(crate) fn nth(self, i: usize, lists: &[Vec<u32>]) -> Option<u32> {
+        match (self, i) {
+            (Children::One(a), 0) | (Children::Two(a, _), 0) => Some(a),
+            (Children::Two(_, b), 1) => Some(b),
+            (Children::Many(list), i) => lists[list as usize].get(i).copied(),
+            _ => None,
+        }
+    }
+}
+
 /// What a walk over the graph reads of a node: its children and the walk's mark, in 16 bytes,
 /// so that testing whether a child was seen and then going down into it touch one cache line.
 #[derive(Clone, Copy, Debug, Default)]
