@@ -82,13 +82,13 @@ impl Arena {
         self.check(root)?;
         let span = self.birth_span(root.slot);
         let by_birth = match self.traversal {
-            Traversal::Auto => self.sweep_pays,
+            Traversal::Auto => self.sweep_is_cheap,
             Traversal::Births => true,
             Traversal::Walk => false,
         };
         let epoch = self.next_epoch();
         let stage = if by_birth {
-            self.give(root.slot, 1.0, epoch);
+            self.add_to_grad(root.slot, 1.0, epoch);
             Stage::Sweep {
                 next: span.end,
                 low: span.start,
@@ -121,7 +121,7 @@ impl Arena {
         if matches!(pass.stage, Stage::Done) {
             return Ok(true);
         }
-        if self.epoch != pass.epoch || self.layout != pass.layout || !self.holds(pass.root) {
+        if self.epoch != pass.epoch || self.layout != pass.layout || !self.is_live(pass.root) {
             pass.stage = Stage::Done;
             return Err(EngineError::BackwardInterrupted);
         }
@@ -137,7 +137,7 @@ impl Arena {
                     Ok(true) => {
                         let order = std::mem::take(order);
                         pass.epoch = self.next_epoch();
-                        self.give(root, 1.0, pass.epoch);
+                        self.add_to_grad(root, 1.0, pass.epoch);
                         pass.stage = Stage::Walk {
                             next: order.len(),
                             order,
@@ -159,11 +159,11 @@ impl Arena {
         match outcome {
             Ok(None) => Ok(false),
             Ok(Some(processed)) => {
-                // Sweeping the births from the root's down to its `low` reads every node made in
+                // Sweeping the births from the root's down to the earliest node below it reads every node made in
                 // between, reached or not: far cheaper than discovering the graph by walking it,
                 // unless the span is mostly other graphs still alive. Judge by this pass for the
                 // next one.
-                self.sweep_pays = pass.span <= 8 * processed + 4096;
+                self.sweep_is_cheap = pass.span <= 8 * processed + 4096;
                 if let Stage::Walk { order, .. } = std::mem::replace(&mut pass.stage, Stage::Done) {
                     self.order = order; // kept for the next pass
                 }
@@ -318,7 +318,7 @@ impl Arena {
                 if stop_at_nan && da.is_nan() {
                     Err(nan_gradient(op, &x, g))
                 } else {
-                    self.give(a, da, pass);
+                    self.add_to_grad(a, da, pass);
                     Ok(0)
                 }
             }
@@ -329,8 +329,8 @@ impl Arena {
                 if stop_at_nan && (da.is_nan() || db.is_nan()) {
                     Err(nan_gradient(op, &x, g))
                 } else {
-                    self.give(a, da, pass);
-                    self.give(b, db, pass);
+                    self.add_to_grad(a, da, pass);
+                    self.add_to_grad(b, db, pass);
                     Ok(0)
                 }
             }
@@ -354,7 +354,7 @@ impl Arena {
         let x: Vec<f64> = children.iter().map(|&c| self.nodes[c as usize].data).collect();
         for (i, &child) in children.iter().enumerate() {
             let local = match op {
-                Op::Recorded => self.partials.get(&id.slot).map_or(f64::NAN, |p| p[i]),
+                Op::CompiledCall => self.partials.get(&id.slot).map_or(f64::NAN, |p| p[i]),
                 _ => op.local_grad(&x, out, i),
             };
             self.nodes[child as usize].grad += local * g;
@@ -367,7 +367,7 @@ impl Arena {
     /// passes. (Resetting interior nodes here rather than while ordering them keeps the
     /// ordering walk from touching the nodes themselves.)
     #[inline(always)]
-    pub(super) fn give(&mut self, slot: u32, amount: f64, pass: u32) {
+    pub(super) fn add_to_grad(&mut self, slot: u32, amount: f64, pass: u32) {
         let at = slot as usize;
         let node = &mut self.nodes[at];
         let link = &mut self.links[at];
@@ -403,13 +403,13 @@ impl Arena {
         }
         x.extend(children.iter().map(|&c| self.nodes[c as usize].data));
         // Borrowed out of the map for the loop (an empty box takes its place), not copied.
-        let recorded = match op {
-            Op::Recorded => self.partials.get_mut(&slot).map(std::mem::take),
+        let stored = match op {
+            Op::CompiledCall => self.partials.get_mut(&slot).map(std::mem::take),
             _ => None,
         };
         let mut result = Ok(());
         for (i, &child) in children.iter().enumerate() {
-            let local = match &recorded {
+            let local = match &stored {
                 Some(partials) => partials[i],
                 None => op.local_grad(x, out, i),
             };
@@ -418,10 +418,10 @@ impl Arena {
                 result = Err(nan_gradient(op, x, g));
                 break;
             }
-            self.give(child, amount, pass);
+            self.add_to_grad(child, amount, pass);
         }
         self.lists[list as usize] = children;
-        if let (Some(partials), Some(entry)) = (recorded, self.partials.get_mut(&slot)) {
+        if let (Some(partials), Some(entry)) = (stored, self.partials.get_mut(&slot)) {
             *entry = partials;
         }
         result

@@ -47,7 +47,7 @@ pub struct Arena {
     /// until the next compaction. Sweeping it backwards visits parents before children.
     births: Vec<u32>,
     /// Whether the last backward pass found sweeping its birth range cheap (see `backward_checked`).
-    sweep_pays: bool,
+    sweep_is_cheap: bool,
     traversal: Traversal,
     free: Vec<u32>,
     /// The children of n-ary nodes (`Children::Many`), and the indices free for reuse.
@@ -56,7 +56,7 @@ pub struct Arena {
     live: usize,
     epoch: u32,
     labels: BTreeMap<u32, String>,
-    /// The partial derivatives of `Op::Recorded` nodes, by slot.
+    /// The partial derivatives of `Op::CompiledCall` nodes, by slot.
     partials: BTreeMap<u32, Box<[f64]>>,
     /// Reused buffers, so that the hot paths do not allocate.
     inputs: Vec<f64>,
@@ -64,13 +64,13 @@ pub struct Arena {
     order: Vec<u32>,
     stack: Vec<(u32, u32)>,
     /// The generation a slot made anew starts at: above every generation any discarded slot
-    /// ever handed out, so a handle from before a trim never matches a node made after it.
+    /// ever handed out, so a handle from before a cut never matches a node made after it.
     fresh_gen: u32,
     /// Bumped whenever `births` is renumbered or the slot arrays are cut back, which moves
     /// what a paused backward pass remembers its place by.
     layout: u32,
-    /// A release leaving at most this many live nodes considers trimming (see `trim`).
-    trim_below: usize,
+    /// A release leaving at most this many live nodes considers cutting the arrays back (see `cut_back`).
+    cut_back_below: usize,
     /// Slot arrays up to this long are never cut back (`KEEP_SLOTS` unless a test lowers it).
     keep_slots: usize,
     /// Cuts leave at least this many slots: the length of a graph rebuilt after a cut, as a
@@ -95,7 +95,7 @@ impl Arena {
             links: Vec::new(),
             slots: Vec::new(),
             births: Vec::new(),
-            sweep_pays: true,
+            sweep_is_cheap: true,
             traversal: Traversal::Auto,
             free: Vec::new(),
             lists: Vec::new(),
@@ -110,7 +110,7 @@ impl Arena {
             stack: Vec::new(),
             fresh_gen: 0,
             layout: 0,
-            trim_below: usize::MAX,
+            cut_back_below: usize::MAX,
             keep_slots: KEEP_SLOTS,
             floor: 0,
             cut_from: 0,
@@ -165,8 +165,8 @@ impl Arena {
     }
 
     /// A node whose value and partial derivatives (one per child) were computed
-    /// elsewhere, by a recorded program (`Op::Recorded`).
-    pub fn recorded(&mut self, value: f64, children: &[NodeId], partials: Vec<f64>) -> Result<NodeId> {
+    /// elsewhere, by a compiled call (`Op::CompiledCall`: a recorded program replayed as one step).
+    pub fn compiled_call(&mut self, value: f64, children: &[NodeId], partials: Vec<f64>) -> Result<NodeId> {
         if partials.len() != children.len() {
             return Err(EngineError::LengthMismatch {
                 expected: children.len(),
@@ -181,7 +181,7 @@ impl Arena {
         for c in children {
             self.slots[c.slot as usize].refs += 1;
         }
-        let id = self.alloc(value, Op::Recorded, Children::Many(list));
+        let id = self.alloc(value, Op::CompiledCall, Children::Many(list));
         self.partials.insert(id.slot, partials.into());
         Ok(id)
     }
@@ -374,17 +374,17 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn recorded_nodes_back_propagate_their_stored_partials() {
+    fn compiled_calls_back_propagate_their_stored_partials() {
         let mut arena = Arena::new();
         let w = arena.leaf(2.0).unwrap();
         let x = arena.leaf(5.0).unwrap();
         // out = w * x computed elsewhere, with d/dw = x and d/dx = w
-        let out = arena.recorded(10.0, &[w, x], vec![5.0, 2.0]).unwrap();
+        let out = arena.compiled_call(10.0, &[w, x], vec![5.0, 2.0]).unwrap();
         let y = arena.apply1(Op::MulScalar(3.0), out).unwrap();
         arena.backward(y).unwrap();
         assert_eq!((arena.grad(w).unwrap(), arena.grad(x).unwrap()), (15.0, 6.0));
         assert_eq!(arena.op(out).unwrap().symbol(), "compiled");
-        assert!(arena.recorded(1.0, &[w], vec![]).is_err());
+        assert!(arena.compiled_call(1.0, &[w], vec![]).is_err());
         arena.release(y);
         arena.release(out);
         arena.release(w);

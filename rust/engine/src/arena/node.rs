@@ -82,7 +82,7 @@ pub(crate) struct Slot {
     /// The slot of the earliest-born node among this one and everything below it (kept alive
     /// by this one). A node is always made after its children, so everything a backward pass
     /// from here can reach was born between that node's birth and this one's.
-    pub(crate) low: u32,
+    pub(crate) earliest_below: u32,
 }
 
 /// A read-only view of one node, for bindings and tests.

@@ -30,8 +30,12 @@ impl Arena {
     /// The births a backward pass from `root` may reach: from the earliest-born node below it
     /// to its own.
     pub(super) fn birth_span(&self, root: u32) -> std::ops::Range<usize> {
-        let Slot { birth, low, .. } = self.slots[root as usize];
-        self.slots[low as usize].birth as usize..birth as usize + 1
+        let Slot {
+            birth,
+            earliest_below,
+            ..
+        } = self.slots[root as usize];
+        self.slots[earliest_below as usize].birth as usize..birth as usize + 1
     }
 
     /// The nodes reachable from `root`, children before parents (a post-order
@@ -230,12 +234,12 @@ mod tests {
             arena.backward(y).unwrap();
             assert_eq!(arena.grad(w).unwrap(), 4.0 * step as f64);
             // Sweeping from y down to w crosses the whole chain to reach two nodes: not again.
-            assert!(!arena.sweep_pays);
+            assert!(!arena.sweep_is_cheap);
             arena.release(y);
         }
         assert!(arena.births.len() <= 2 * arena.live_nodes() + 4096);
         arena.backward(chain).unwrap(); // a pass that walks, and finds sweeping would pay
-        assert!(arena.sweep_pays);
+        assert!(arena.sweep_is_cheap);
         arena.backward(chain).unwrap();
         assert_eq!(arena.grad(chain).unwrap(), 1.0);
     }

@@ -106,7 +106,7 @@ impl Arena {
                     gen: self.fresh_gen,
                     ..Slot::default()
                 });
-                self.trim_below = usize::MAX;
+                self.cut_back_below = usize::MAX;
                 if self.cut_from != 0 && self.nodes.len() >= self.cut_from / 2 {
                     // The graph the arrays were cut back from is being rebuilt, as a training loop
                     // does each step: keep room for it from now on instead of cutting every step.
@@ -124,14 +124,17 @@ impl Arena {
                 b
             }
         };
-        let low = match children {
+        let earliest_below = match children {
             Children::None => slot,
-            Children::One(a) => self.slots[a as usize].low,
-            Children::Two(a, b) => earlier(self.slots[a as usize].low, self.slots[b as usize].low),
+            Children::One(a) => self.slots[a as usize].earliest_below,
+            Children::Two(a, b) => earlier(
+                self.slots[a as usize].earliest_below,
+                self.slots[b as usize].earliest_below,
+            ),
             Children::Many(list) => {
                 let lows = self.lists[list as usize]
                     .iter()
-                    .map(|&c| self.slots[c as usize].low);
+                    .map(|&c| self.slots[c as usize].earliest_below);
                 lows.reduce(earlier).unwrap_or(slot)
             }
         };
@@ -142,7 +145,7 @@ impl Arena {
         let bookkeeping = &mut self.slots[at];
         bookkeeping.refs = 1;
         bookkeeping.birth = birth;
-        bookkeeping.low = low;
+        bookkeeping.earliest_below = earliest_below;
         self.live += 1;
         NodeId {
             slot,
@@ -150,33 +153,28 @@ impl Arena {
         }
     }
 
-    /// Whether `id` names the node living in its slot now.
-    pub(super) fn holds(&self, id: NodeId) -> bool {
+    /// Whether `id` names a live node: the one living in its slot now, not one freed since.
+    pub fn is_live(&self, id: NodeId) -> bool {
         matches!(self.slots.get(id.slot as usize), Some(s) if s.refs > 0 && s.gen == id.gen)
     }
 
     pub(super) fn check(&self, id: NodeId) -> Result<&Node> {
-        match self.holds(id) {
+        match self.is_live(id) {
             true => Ok(&self.nodes[id.slot as usize]),
             false => Err(EngineError::StaleHandle(id)),
         }
     }
 
     pub(super) fn check_mut(&mut self, id: NodeId) -> Result<&mut Node> {
-        match self.holds(id) {
+        match self.is_live(id) {
             true => Ok(&mut self.nodes[id.slot as usize]),
             false => Err(EngineError::StaleHandle(id)),
         }
     }
 
-    /// Whether `id` names a live node.
-    pub fn is_live(&self, id: NodeId) -> bool {
-        self.holds(id)
-    }
-
     /// Adds a reference (a new handle to the same node).
     pub fn retain(&mut self, id: NodeId) -> Result<()> {
-        if !self.holds(id) {
+        if !self.is_live(id) {
             return Err(EngineError::StaleHandle(id));
         }
         self.slots[id.slot as usize].refs += 1;
@@ -198,12 +196,12 @@ impl Arena {
             }
             _ => return,
         }
-        self.free_from(id.slot);
+        self.drop_last_reference(id.slot);
     }
 
     /// Drops the last reference to the node in `slot`, freeing it and whatever only it kept.
     #[inline(never)]
-    pub(super) fn free_from(&mut self, slot: u32) {
+    pub(super) fn drop_last_reference(&mut self, slot: u32) {
         let mut work = std::mem::take(&mut self.worklist);
         work.clear();
         if work.try_reserve(1).is_err() {
@@ -244,7 +242,7 @@ impl Arena {
                 }
                 Children::One(_) | Children::Two(..) => {}
             }
-            if matches!(self.nodes[at].op, Op::Recorded) {
+            if matches!(self.nodes[at].op, Op::CompiledCall) {
                 self.partials.remove(&slot);
             }
             self.nodes[at].op = Op::Leaf;
@@ -255,11 +253,11 @@ impl Arena {
             self.live -= 1;
         }
         self.worklist = work;
-        if self.live <= self.trim_below
+        if self.live <= self.cut_back_below
             && self.nodes.len() > self.keep_slots
             && self.live < self.nodes.len() / 4
         {
-            self.trim();
+            self.cut_back();
         }
     }
 
@@ -270,8 +268,8 @@ impl Arena {
     /// rebuilt after a cut, its size is kept, so a loop that builds and drops a big graph each
     /// step pays for one cut, not one per step.
     #[cold]
-    pub(super) fn trim(&mut self) {
-        self.trim_below = self.live / 2;
+    pub(super) fn cut_back(&mut self) {
+        self.cut_back_below = self.live / 2;
         let mut end = self.slots.len();
         let mut fresh_gen = self.fresh_gen;
         while end > self.floor && self.slots[end - 1].refs == 0 {
@@ -324,7 +322,7 @@ impl Arena {
 
 /// glibc serves allocations below its (self-raising) mmap threshold, up to 32 MiB, from the heap,
 /// and gives the heap's free pages back only when the free space at its top is large: the arrays
-/// `trim` just freed could stay resident. Asking explicitly returns them.
+/// `cut_back` just freed could stay resident. Asking explicitly returns them.
 fn return_free_heap_to_the_system() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -478,7 +476,7 @@ mod tests {
         assert_eq!(arena.live_nodes(), 2);
         assert_eq!(arena.capacity(), 10_002);
         // Releases below half the live count at the last attempt try again; nothing else does.
-        assert_eq!(arena.trim_below, 1);
+        assert_eq!(arena.cut_back_below, 1);
         arena.release(top);
         assert_eq!(arena.capacity(), 1);
         arena.release(x);
@@ -497,7 +495,7 @@ mod tests {
             Err(EngineError::NodeLimit { limit: 3 })
         );
         assert!(arena.apply(Op::Sum, &[a, b, c]).is_err());
-        assert!(arena.recorded(1.0, &[a], vec![1.0]).is_err());
+        assert!(arena.compiled_call(1.0, &[a], vec![1.0]).is_err());
         assert!(arena
             .leaf(0.0)
             .unwrap_err()

@@ -2,7 +2,7 @@
 //! results folded in chunk order.
 
 use super::block::Block;
-use super::chunks::{fitting, fold_chunks};
+use super::chunks::{fold_chunks, results_that_fit};
 use super::{product, try_vec, try_zeros, Batch, Poll, Program, Reduce, Replay, CHUNK_ROWS};
 
 impl Program {
@@ -20,7 +20,7 @@ impl Program {
         let n_out = self.outputs.len();
         let mut out = try_vec(product(n_rows, n_out)?, "map's outputs")?;
         let chunk = |range| Block::new(self, rows, params, range)?.outputs_by_row();
-        let waiting = fitting(CHUNK_ROWS.saturating_mul(n_out));
+        let waiting = results_that_fit(CHUNK_ROWS.saturating_mul(n_out));
         fold_chunks(
             n_rows,
             threads,
@@ -59,7 +59,7 @@ impl Program {
         fold_chunks(
             n_rows,
             threads,
-            fitting(width),
+            results_that_fit(width),
             chunk,
             |part| add_into(&mut total, &part),
             poll,
@@ -90,7 +90,7 @@ impl Program {
         self.check_rows(rows, n_rows, params)?;
         let mut total = try_zeros(self.outputs.len(), "a batch's sums")?;
         let chunk = |range| Block::new(self, rows, params, range)?.sums();
-        let waiting = fitting(self.outputs.len());
+        let waiting = results_that_fit(self.outputs.len());
         fold_chunks(
             n_rows,
             threads,

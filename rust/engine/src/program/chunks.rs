@@ -17,7 +17,7 @@ const WINDOW_PER_THREAD: usize = 4;
 const WINDOW_BYTES: usize = 64 << 20;
 
 /// How many chunk results of `width` numbers fit in [`WINDOW_BYTES`].
-pub(super) fn fitting(width: usize) -> usize {
+pub(super) fn results_that_fit(width: usize) -> usize {
     WINDOW_BYTES / 8 / width.max(1)
 }
 

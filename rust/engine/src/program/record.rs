@@ -12,7 +12,7 @@ impl Program {
     /// each replay; every other node becomes an instruction, recomputed from those at each replay
     /// (so interior nodes made before recording are recomputed from their leaves, not re-read).
     ///
-    /// A compiled call's result (`Op::Recorded`) cannot be recomputed: the arena keeps its value
+    /// A compiled call's result (`Op::CompiledCall`) cannot be recomputed: the arena keeps its value
     /// and partials, not its program. One that does not depend on an input slot is treated as a
     /// parameter (its stored value is read at each replay, and gradients flow through its stored
     /// partials); one computed from an input slot is refused with
@@ -27,7 +27,7 @@ impl Program {
             register.entry(id).or_insert(register_index(i)?);
         }
         let is_input = |id: NodeId| register.contains_key(&id);
-        let opaque = |id: NodeId| is_input(id) || matches!(arena.op(id), Ok(Op::Recorded));
+        let opaque = |id: NodeId| is_input(id) || matches!(arena.op(id), Ok(Op::CompiledCall));
         let order = arena.post_order(outputs, opaque)?;
         let mut params = Vec::new();
         let mut interior = Vec::new();
@@ -38,7 +38,7 @@ impl Program {
             }
             match arena.op(id)? {
                 Op::Leaf => params.push(id),
-                Op::Recorded => {
+                Op::CompiledCall => {
                     calls.push(id);
                     params.push(id);
                 }
@@ -120,14 +120,14 @@ mod tests {
         let w = arena.leaf(2.0).unwrap();
         let x = arena.leaf(0.5).unwrap();
         // A compiled call over w alone: read at each replay like a leaf, its partials kept.
-        let call = arena.recorded(4.0, &[w], vec![2.0]).unwrap();
+        let call = arena.compiled_call(4.0, &[w], vec![2.0]).unwrap();
         let out = arena.apply2(Op::Mul, call, x).unwrap();
         let program = Program::record(&arena, &[out], &[x]).unwrap();
         assert_eq!((program.params(), program.n_instructions()), (&[call][..], 1));
         // One computed from the input slot x: its stored value would be stale at replay.
-        let on_x = arena.recorded(1.0, &[w, x], vec![0.5, 2.0]).unwrap();
+        let on_x = arena.compiled_call(1.0, &[w, x], vec![0.5, 2.0]).unwrap();
         let y = arena.apply1(Op::Tanh, on_x).unwrap();
-        let deeper = arena.recorded(0.7, &[y], vec![1.0]).unwrap();
+        let deeper = arena.compiled_call(0.7, &[y], vec![1.0]).unwrap();
         let out = arena.apply2(Op::Add, deeper, w).unwrap();
         assert_eq!(
             Program::record(&arena, &[out], &[x]).unwrap_err(),
@@ -145,7 +145,7 @@ mod tests {
             let mut h = first;
             let mut states = Vec::new();
             for _ in 0..20_000 {
-                h = arena.recorded(0.1, &[w, h], vec![0.5, 0.5]).unwrap();
+                h = arena.compiled_call(0.1, &[w, h], vec![0.5, 0.5]).unwrap();
                 states.push(h);
             }
             let sum = arena.apply(Op::Sum, &states).unwrap();
