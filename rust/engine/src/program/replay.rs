@@ -157,6 +157,7 @@ mod tests {
     use super::super::{Reduce, ReplayError};
     use super::*;
     use crate::arena::Arena;
+    use crate::op::Op;
 
     #[test]
     fn replay_equals_eager() {
@@ -174,6 +175,31 @@ mod tests {
         program.gradient(&regs, 0, &mut adj, &mut scratch);
         assert_eq!(adj[0], arena.grad(x).unwrap());
         assert_eq!(&adj[1..3], &[arena.grad(w).unwrap(), arena.grad(b).unwrap()]);
+    }
+
+    #[test]
+    fn a_call_and_a_batch_of_its_one_row_agree_bit_for_bit() {
+        // Two interpreters run one tape (this one per call, the blocked one per chunk of rows):
+        // they must give the same numbers, not merely close ones.
+        let mut arena = Arena::new();
+        let (x, w, b, _, _) = neuron(&mut arena);
+        // Two outputs sharing a subexpression, one of them a parameter itself, and an n-ary op.
+        let sq = arena.apply2(Op::Mul, x, w).unwrap();
+        let total = arena.apply(Op::Sum, &[sq, x, b, sq]).unwrap();
+        let lse = arena.apply(Op::LogSumExp, &[total, sq, w]).unwrap();
+        let program = Program::record(&arena, &[lse, w, total], &[x]).unwrap();
+        let params = arena.data_of(program.params()).unwrap();
+        for row in [0.5, -3.0, 1e-3] {
+            let called = program.call(&[row], &params, &[], true).unwrap();
+            let batch = program
+                .batch(&[row], 1, &params, Reduce::Sum, 1, &mut go_on())
+                .unwrap();
+            for (k, output) in called.iter().enumerate() {
+                assert_eq!(output.value.to_bits(), batch.values[k].to_bits());
+                let bits = |v: &[f64]| v.iter().map(|g| g.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&output.partials), bits(&batch.grads[k]));
+            }
+        }
     }
 
     #[test]
