@@ -283,6 +283,7 @@ impl Arena {
     /// After a pass stopped early: the interior nodes below the root that it had not reached
     /// hold an earlier pass's gradients, which must not pass for this one's.
     #[cold]
+    #[inline(never)]
     pub(super) fn clear_unreached(&mut self, root: u32, pass: u32) {
         // The pass has failed with an error already; should even this walk find no memory, the
         // unreached gradients stay as the last pass left them.

@@ -135,9 +135,11 @@ impl Graph for Marked<'_> {
     #[inline(always)]
     fn reach(&mut self, node: u32) -> bool {
         let mark = &mut self.links[node as usize].mark;
-        let first = *mark != self.epoch;
+        if *mark == self.epoch {
+            return false;
+        }
         *mark = self.epoch;
-        first
+        true
     }
 }
 
