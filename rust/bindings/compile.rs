@@ -127,7 +127,7 @@ impl PyProgram {
             let mut ids = Vec::with_capacity(outputs.len());
             for Output { value, partials } in outputs {
                 let made = if grads {
-                    arena.recorded(value, &children, partials)
+                    arena.compiled_call(value, &children, partials)
                 } else {
                     arena.leaf(value)
                 };

@@ -2,10 +2,12 @@
 //! add, scale, exp and square over 256 leaves, summed. Each round builds a fresh graph in the
 //! slots the last one freed and back-propagates it, alternately with the caches warm and after
 //! overwriting 64 MiB (as a Python program's own allocations do between building and backward).
-//! Prints the best of 20 rounds of each. `cargo run --release --example backward_speed`
+//! Prints the best of 20 rounds of each. `cargo run --release --example backward_speed`, or with
+//! `-- walk` (or `-- births`) to time one way of ordering the graph instead of the automatic choice.
 use std::time::Instant;
 
-use gradrs_engine::{Arena, NodeId, Op};
+use gradrs_engine::{Arena, NodeId, Op, Traversal};
+
 fn build(arena: &mut Arena, leaves: &[NodeId]) -> (NodeId, usize) {
     let mut total: Option<NodeId> = None;
     let n_chains = 100_000 / 71;
@@ -44,6 +46,11 @@ fn build(arena: &mut Arena, leaves: &[NodeId]) -> (NodeId, usize) {
 }
 fn main() {
     let mut arena = Arena::new();
+    match std::env::args().nth(1).as_deref() {
+        Some("walk") => arena.set_traversal(Traversal::Walk),
+        Some("births") => arena.set_traversal(Traversal::Births),
+        _ => {}
+    }
     let leaves: Vec<_> = (0..256)
         .map(|i| arena.leaf((i as f64 / 256.0) - 0.5).unwrap())
         .collect();

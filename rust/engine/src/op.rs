@@ -58,7 +58,7 @@ pub enum Op {
     /// The result of a recorded program replayed as one step (`gradrs.compile`):
     /// its value and its partial derivatives with respect to each child were
     /// computed by the program, and the arena stores them with the node.
-    Recorded,
+    CompiledCall,
 }
 
 /// How many children an op takes.
@@ -90,7 +90,7 @@ impl Op {
             | Op::Log
             | Op::Sigmoid
             | Op::Softplus(_) => Arity::One,
-            Op::Sum | Op::LogSumExp | Op::Dot | Op::Recorded => Arity::Many,
+            Op::Sum | Op::LogSumExp | Op::Dot | Op::CompiledCall => Arity::Many,
         }
     }
 
@@ -138,7 +138,7 @@ impl Op {
                 w.iter().zip(xs).fold(bias, |acc, (w, x)| acc + w * x)
             }
             // Not computable from the children alone: the arena is given the value.
-            Op::Recorded => f64::NAN,
+            Op::CompiledCall => f64::NAN,
         }
     }
 
@@ -197,7 +197,7 @@ impl Op {
                 }
             }
             // Stored with the node by the arena, which uses those instead.
-            Op::Recorded => f64::NAN,
+            Op::CompiledCall => f64::NAN,
         }
     }
 
@@ -211,7 +211,7 @@ impl Op {
             Op::Mul | Op::MulScalar(_) | Op::Div | Op::DivScalar(_) | Op::ScalarDiv(_) | Op::Neg => {
                 "*".into()
             }
-            Op::Recorded => "compiled".into(),
+            Op::CompiledCall => "compiled".into(),
             Op::Pow | Op::ScalarPow(_) => "**".into(),
             Op::PowScalar(e) => format!("**{}", format_number(*e)),
             Op::Relu => "ReLU".into(),
@@ -252,7 +252,7 @@ impl Op {
             Op::Sum => "sum".into(),
             Op::LogSumExp => "logsumexp".into(),
             Op::Dot => "dot".into(),
-            Op::Recorded => "compiled".into(),
+            Op::CompiledCall => "compiled".into(),
         }
     }
 }
