@@ -300,7 +300,9 @@ def trace_times(n_states: int) -> tuple[float, float]:
 
 
 def test_tracing_over_a_chain_of_compiled_results_is_linear():
-    small, large = trace_times(1_000), trace_times(8_000)
+    small, large = trace_times(500), trace_times(16_000)
     for what, fast, slow in zip(("traced", "recorded directly"), small, large, strict=True):
-        print(f"\n{what}: 1,000 states {fast * 1000:.2f} ms, 8,000 states {slow * 1000:.2f} ms")
-        assert slow < 32 * fast  # 8x the states: linear is 8x (plus cache effects), quadratic 64x
+        print(f"\n{what}: 500 states {fast * 1000:.2f} ms, 16,000 states {slow * 1000:.2f} ms")
+        # 32x the states: linear is 32x (less, with fixed costs), quadratic 1,024x. The margin
+        # is wide both ways, as a loaded machine has stretched one timing 1.5x against the other.
+        assert slow < 256 * fast

@@ -113,7 +113,7 @@ impl PyProgram {
 
     /// Values over the parameters (and `attached`) with the given value and partials, or with
     /// the given value alone as leaves when the replay computed no gradients.
-    fn recorded<'py>(
+    fn compiled_call_results<'py>(
         &self,
         py: Python<'py>,
         outputs: Vec<Output>,
@@ -227,7 +227,7 @@ impl PyProgram {
             .program
             .call(&inputs, &params, &slots, grads)
             .map_err(|err| replay_error(err, None))?;
-        self.recorded(py, outputs, &attached, grads)
+        self.compiled_call_results(py, outputs, &attached, grads)
     }
 
     /// Forward only, one row of inputs per row of `rows`: a (rows, outputs) array.
@@ -290,6 +290,6 @@ impl PyProgram {
             })
             .collect()
         };
-        self.recorded(py, outputs, &[], grads)
+        self.compiled_call_results(py, outputs, &[], grads)
     }
 }

@@ -6,15 +6,15 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::handles::{release_all, resolve, Held, Operand};
-use crate::value::{record_locked, wrap};
+use crate::value::{apply_locked, wrap};
 
 /// Records `op` over `operands` under one lock, turning numbers into leaves held
 /// only by the new node.
-fn record_operands(py: Python<'_>, op: Op, operands: &[Operand]) -> PyResult<Py<PyAny>> {
+fn apply_to_operands(py: Python<'_>, op: Op, operands: &[Operand]) -> PyResult<Py<PyAny>> {
     let id = {
         let mut arena = ARENA.lock();
         let (children, constants) = resolve(&mut arena, operands)?;
-        let result = record_locked(&mut arena, op, &children);
+        let result = apply_locked(&mut arena, op, &children);
         release_all(&mut arena, &constants);
         result?
     };
@@ -34,7 +34,7 @@ pub fn sum(
         all.push(start, "sum() start")?;
     }
     all.operands(values, "sum() items")?;
-    record_operands(py, Op::Sum, &all.read)
+    apply_to_operands(py, Op::Sum, &all.read)
 }
 
 /// `bias + w0*x0 + w1*x1 + ...` as one node (`Dot`), summed in micrograd's order.
@@ -59,7 +59,7 @@ pub fn dot(
         _ if n == 0 => all.read.push(Operand::Number(0.0)),
         _ => {}
     }
-    record_operands(py, Op::Dot, &all.read)
+    apply_to_operands(py, Op::Dot, &all.read)
 }
 
 /// `log(exp(v0) + exp(v1) + ...)` as one node (`LogSumExp`), shifted by the largest value so
@@ -68,5 +68,5 @@ pub fn dot(
 pub fn logsumexp(py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let mut all = Held::new();
     all.operands(values, "logsumexp() items")?;
-    record_operands(py, Op::LogSumExp, &all.read)
+    apply_to_operands(py, Op::LogSumExp, &all.read)
 }

@@ -10,7 +10,7 @@ use pyo3::types::{PyList, PyString};
 use pyo3::PyTypeInfo;
 
 use crate::handles::{list_of, node_of, release_all, resolve, wrong_item, Held};
-use crate::value::{record_locked, PyValue};
+use crate::value::{apply_locked, PyValue};
 
 fn activation(name: &str) -> PyResult<Option<Op>> {
     match name {
@@ -190,10 +190,10 @@ pub fn _dense<'py>(
             children.extend_from_slice(&w[j * nin..(j + 1) * nin]);
             children.extend_from_slice(&inputs);
             children.push(b[j]);
-            let step = record_locked(&mut arena, Op::Dot, &children).and_then(|pre| match ops[j] {
+            let step = apply_locked(&mut arena, Op::Dot, &children).and_then(|pre| match ops[j] {
                 None => Ok(pre),
                 Some(op) => {
-                    let out = record_locked(&mut arena, op, &[pre]);
+                    let out = apply_locked(&mut arena, op, &[pre]);
                     arena.release(pre); // the activation's node holds it now
                     out
                 }

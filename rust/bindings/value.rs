@@ -133,15 +133,15 @@ pub(crate) fn wrap(py: Python<'_>, id: NodeId) -> PyResult<Py<PyAny>> {
     Ok(handle.into_any().unbind())
 }
 
-/// Records `op` over `children` (or, under `no_grad`, just its value as a new
+/// Applies `op` to `children` as a new node (or, under `no_grad`, makes just its value a new
 /// leaf) and returns the handle. The one path every op takes.
-pub(crate) fn record(py: Python<'_>, op: Op, children: &[NodeId]) -> PyResult<Py<PyAny>> {
-    let id = record_locked(&mut ARENA.lock(), op, children)?;
+pub(crate) fn apply(py: Python<'_>, op: Op, children: &[NodeId]) -> PyResult<Py<PyAny>> {
+    let id = apply_locked(&mut ARENA.lock(), op, children)?;
     wrap(py, id)
 }
 
-/// [`record`] for a caller that already holds the arena's lock.
-pub(crate) fn record_locked(arena: &mut Arena, op: Op, children: &[NodeId]) -> PyResult<NodeId> {
+/// [`apply`] for a caller that already holds the arena's lock.
+pub(crate) fn apply_locked(arena: &mut Arena, op: Op, children: &[NodeId]) -> PyResult<NodeId> {
     let id = if !grad_enabled() {
         if tracing() {
             return Err(TraceError::new_err(
@@ -213,7 +213,7 @@ fn canonical_handle(py: Python<'_>, id: NodeId) -> PyResult<Py<PyAny>> {
 
 impl PyValue {
     fn unary(&self, py: Python<'_>, op: Op) -> PyResult<Py<PyAny>> {
-        record(py, op, &[self.id])
+        apply(py, op, &[self.id])
     }
 
     /// `self ⊕ other`, with `on_number` giving the single-child op for a number.
@@ -225,8 +225,8 @@ impl PyValue {
     ) -> PyResult<Py<PyAny>> {
         let py = other.py();
         match operand(other) {
-            Ok(Operand::Node(b)) => record(py, op, &[self.id, b]),
-            Ok(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
+            Ok(Operand::Node(b)) => apply(py, op, &[self.id, b]),
+            Ok(Operand::Number(c)) => apply(py, on_number(c), &[self.id]),
             Err(err) => not_an_operand(other, err),
         }
     }
@@ -236,7 +236,7 @@ impl PyValue {
     fn reflected(&self, other: &Bound<'_, PyAny>, on_number: impl FnOnce(f64) -> Op) -> PyResult<Py<PyAny>> {
         let py = other.py();
         match operand(other) {
-            Ok(Operand::Number(c)) => record(py, on_number(c), &[self.id]),
+            Ok(Operand::Number(c)) => apply(py, on_number(c), &[self.id]),
             Ok(Operand::Node(_)) => Ok(py.NotImplemented()),
             Err(err) => not_an_operand(other, err),
         }
