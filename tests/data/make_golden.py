@@ -1,29 +1,48 @@
-"""Regenerates ``tests/data/pytorch_stable_cases.json``: PyTorch's float64 answers for the
-numerically delicate ops (softplus, logsumexp, the cross-entropies, division) at extreme inputs.
+"""Regenerates the PyTorch golden cases the tests compare against, both in ``tests/data``:
+
+- ``pytorch_cases.json``: the value and leaf gradients of each short program in
+  ``golden_cases.py`` (read by ``tests/test_golden.py``);
+- ``pytorch_stable_cases.json``: PyTorch's float64 answers for the numerically delicate ops
+  (softplus, logsumexp, the cross-entropies, division) at extreme inputs.
 
 Run it where torch and mpmath are installed (not needed by the test suite, which only reads the
 JSON), from anywhere::
 
-    python tests/data/make_golden.py
+    python tests/data/make_golden.py            # rewrite both files
+    python tests/data/make_golden.py --check    # rewrite nothing; compare with the committed files
 
-Each case names a function (``fn``), its leaf inputs (``inputs``) and any constants; the test
-(``tests/test_ops_stable.py``) builds the same function over gradrs Values, eagerly and under
-``gradrs.compile``. ``out`` and ``grads`` are PyTorch's value and the gradient of each input.
-Where PyTorch's own formula loses precision (the cross-entropies near 0, where it subtracts
-nearly equal numbers), ``exact_out`` and ``exact_grads`` hold the true values, computed by
-mpmath with 60 digits and rounded once: gradrs must then equal PyTorch or be at least as close
-to the true value as PyTorch is.
+``--check`` recomputes every case and compares it with the committed JSON case by case: the
+same names in the same order, and each value and gradient equal within 1e-15 relative, with the
+same nan and inf. Another PyTorch version may round a case's last bits differently; then keep
+the committed JSON (the tests' tolerance is far wider) rather than rewrite it.
+
+``pytorch_cases.json``: each case's ``code`` is a program from ``golden_cases.py``; ``out`` is
+PyTorch's value of ``out`` and ``grads`` maps each name in ``leaves`` to its gradient (0.0 for a
+leaf that ``out`` does not depend on, where PyTorch leaves ``.grad`` as None).
+
+``pytorch_stable_cases.json``: each case names a function (``fn``), its leaf inputs (``inputs``)
+and any constants; the test (``tests/test_ops_stable.py``) builds the same function over gradrs
+Values, eagerly and under ``gradrs.compile``. ``out`` and ``grads`` are PyTorch's value and the
+gradient of each input. Where PyTorch's own formula loses precision (the cross-entropies near 0,
+where it subtracts nearly equal numbers), ``exact_out`` and ``exact_grads`` hold the true values,
+computed by mpmath with 60 digits and rounded once: gradrs must then equal PyTorch or be at least
+as close to the true value as PyTorch is.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import mpmath
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from golden_cases import CASES  # noqa: E402  (a sibling module, not an installed package)
 
 mpmath.mp.dps = 60
 INF = math.inf
@@ -313,9 +332,32 @@ def cases() -> list[dict]:
     return out
 
 
-def main() -> None:
-    torch.set_default_dtype(torch.float64)
-    data = {
+def program_case(name: str, code: str) -> dict:
+    """Runs one program with float64 PyTorch tensors as its leaves."""
+    scope: dict = {"V": lambda x: torch.tensor(x, dtype=torch.float64, requires_grad=True)}
+    exec(code, scope)
+    out, leaves = scope["out"], scope["leaves"]
+    out.backward()
+    grads = {k: (leaf.grad.item() if leaf.grad is not None else 0.0) for k, leaf in leaves.items()}
+    return {"name": name, "code": code, "out": out.item(), "grads": grads}
+
+
+def program_cases() -> dict:
+    return {
+        "about": (
+            f"Forward values and leaf gradients computed by PyTorch {torch.__version__} in float64"
+            " by tests/data/make_golden.py from the programs in tests/data/golden_cases.py. Each case's"
+            " code uses V(x) to make a scalar leaf, the operators + - * / ** and unary -, and the"
+            " methods relu, tanh, exp, log, sigmoid; it binds `out` and a dict `leaves`. Run the code"
+            " with your own V, call out.backward(), and compare out and each leaf's grad."
+        ),
+        "tolerance": {"rel": 1e-9, "abs": 1e-9},
+        "cases": [program_case(name, code) for name, code in CASES],
+    }
+
+
+def stable_cases() -> dict:
+    return {
         "about": (
             f"Values and leaf gradients from PyTorch {torch.__version__} in float64, written by"
             " tests/data/make_golden.py; exact_* from mpmath at 60 digits where PyTorch loses precision."
@@ -323,9 +365,74 @@ def main() -> None:
         "tolerance": {"rel": 1e-12},
         "cases": cases(),
     }
-    target = Path(__file__).with_name("pytorch_stable_cases.json")
-    target.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"wrote {len(data['cases'])} cases to {target}")
+
+
+def _numbers(value) -> list:
+    """The numbers in a case's results, flattened in a fixed order."""
+    if isinstance(value, dict):
+        return [x for k in sorted(value) for x in _numbers(value[k])]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v)]
+    return [value] if isinstance(value, float | int) and not isinstance(value, bool) else []
+
+
+def _same(a: float, b: float, rel: float = 1e-15) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= rel * max(abs(a), abs(b))
+
+
+def _definition(case: dict) -> str:
+    # As JSON text, so that a nan input equals itself.
+    results = ("out", "grads", "exact_out", "exact_grads")
+    return json.dumps({k: v for k, v in case.items() if k not in results}, sort_keys=True)
+
+
+def differences(new: dict, old: dict) -> list[str]:
+    """Where two golden files disagree: names, order, or any number beyond 1e-15 relative."""
+    new_names = [c["name"] for c in new["cases"]]
+    old_names = [c["name"] for c in old["cases"]]
+    if new_names != old_names:
+        return [f"case names or order differ: {len(new_names)} new, {len(old_names)} committed"]
+    found = []
+    for n, o in zip(new["cases"], old["cases"], strict=True):
+        if _definition(n) != _definition(o):
+            found.append(f"{n['name']}: its definition differs")
+            continue
+        results = [n.get(k) for k in ("out", "grads", "exact_out", "exact_grads")]
+        committed = [o.get(k) for k in ("out", "grads", "exact_out", "exact_grads")]
+        a, b = _numbers(results), _numbers(committed)
+        if len(a) != len(b) or not all(_same(float(x), float(y)) for x, y in zip(a, b, strict=True)):
+            found.append(f"{n['name']}: {results} vs committed {committed}")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the committed files, write nothing"
+    )
+    args = parser.parse_args()
+    torch.set_default_dtype(torch.float64)
+    failed = False
+    for filename, make in [
+        ("pytorch_cases.json", program_cases),
+        ("pytorch_stable_cases.json", stable_cases),
+    ]:
+        data = make()
+        target = Path(__file__).with_name(filename)
+        if args.check:
+            found = differences(data, json.loads(target.read_text()))
+            failed |= bool(found)
+            print(f"{filename}: {len(data['cases'])} cases, {len(found)} differ")
+            for line in found:
+                print("  " + line)
+        else:
+            target.write_text(json.dumps(data, indent=1) + "\n")
+            print(f"wrote {len(data['cases'])} cases to {target}")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
