@@ -54,18 +54,6 @@ def test_trace_graph_notebook_neuron():
     assert repr(n) == "ReLUNeuron(2)"
 
 
-def test_layer_arity_and_float_inputs():
-    assert isinstance(nn.Layer(2, 1)([1.0, 2.0]), Value)
-    out = nn.Layer(2, 2)([1.0, 2.0])
-    assert isinstance(out, list) and len(out) == 2
-    model = nn.MLP(2, [16, 1, 1])  # a one-neuron hidden layer (micrograd issue #13)
-    assert isinstance(model([0.5, 0.5]), Value)
-    with pytest.raises(ValueError, match="expects 2 inputs, got 3"):
-        nn.Neuron(2)([1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="unknown activation"):
-        nn.Neuron(2, activation="gelu")
-
-
 def test_activations():
     random.seed(0)
     for name, fn in (("tanh", np.tanh), ("sigmoid", lambda z: 1 / (1 + np.exp(-z))), ("linear", lambda z: z)):
@@ -149,40 +137,6 @@ def test_training_lowers_the_loss_and_frees_graphs():
     assert gradrs.live_nodes() == baseline
 
 
-def test_layer_notices_replaced_parameters_and_neurons():
-    layer = nn.Layer(2, 2, nonlin=False)
-    x = [1.0, 2.0]
-    before = [v.data for v in layer(x)]
-    layer.neurons[0].w[1] = Value(10.0)  # replace a weight Value in place
-    layer.neurons[1].b = Value(-5.0)
-    after = [v.data for v in layer(x)]
-    assert after[0] == layer.neurons[0].w[0].data * 1.0 + 10.0 * 2.0
-    assert after[1] == before[1] - 5.0
-    layer.neurons[1] = nn.Neuron(2, nonlin=False)
-    layer.neurons[1].w = [Value(1.0), Value(1.0)]
-    assert layer(x)[1].data == 3.0
-    # the fused layer and one-by-one neurons agree, gradients included
-    out = layer(x)
-    (out[0] * out[1]).backward()
-    fused = [p.grad for p in layer.parameters()]
-    layer.zero_grad()
-    one_by_one = [n(x) for n in layer.neurons]
-    (one_by_one[0] * one_by_one[1]).backward()
-    assert [p.grad for p in layer.parameters()] == fused
-
-
-def test_copied_layers_compute_with_their_own_values():
-    random.seed(3)
-    layer = nn.Layer(2, 3, nonlin=False)
-    x = [0.5, -0.25]
-    before = [v.data for v in layer(x)]
-    twin = copy.deepcopy(layer)
-    twin.neurons[0].w[0].data += 1.0
-    assert twin(x)[0].data == pytest.approx(before[0] + 0.5, rel=1e-12)
-    assert [v.data for v in layer(x)] == before
-    assert [v.data for v in pickle.loads(pickle.dumps(layer))(x)] == before
-
-
 class Affine(nn.Module):
     """A module written micrograd's way: it defines parameters() and nothing else."""
 
@@ -236,29 +190,3 @@ def test_setting_nonlin_after_construction_takes_effect_as_in_micrograd():
         neuron.activation = "swish"
     clone = pickle.loads(pickle.dumps(neuron))
     assert clone.activation == "tanh" and clone([1.0, 1.0]).data == neuron([1.0, 1.0]).data
-
-
-def test_parameters_follow_every_change_to_a_layer():
-    layer = nn.Layer(2, 2)
-    layer([1.0, 2.0])
-
-    def expected():
-        return [p for n in layer.neurons for p in (*n.w, n.b)]
-
-    assert layer.parameters() == expected()
-    layer.parameters().append(Value(0.0))  # a caller's list is its own
-    assert len(layer.parameters()) == 6
-    changes = [
-        lambda: layer.neurons[0].w.__setitem__(1, Value(10.0)),
-        lambda: setattr(layer.neurons[1], "b", Value(-5.0)),
-        lambda: setattr(layer.neurons[1], "w", [Value(1.0), Value(1.0)]),
-        lambda: layer.neurons.__setitem__(0, nn.Neuron(2)),
-        lambda: layer.neurons.append(nn.Neuron(2)),
-    ]
-    for change in changes:
-        layer([1.0, 2.0])
-        change()
-        assert layer.parameters() == expected()
-    model = nn.MLP(2, [3, 1])
-    model([1.0, 2.0])
-    assert model.parameters() == [p for layer in model.layers for n in layer.neurons for p in (*n.w, n.b)]

@@ -1,4 +1,4 @@
-"""Optimisers follow torch.optim's formulas; schedulers follow the demo's decay."""
+"""Optimisers and ParamGroup's fused steps follow torch.optim's formulas; schedulers the demo's."""
 
 from __future__ import annotations
 
@@ -161,3 +161,37 @@ def test_a_parameter_given_twice_warns_as_torch_does():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         optim.AdamW([w, Value(1.0)])  # equal data, different parameters: no warning
+
+
+def test_sgd_step_matches_torch_formula():
+    ps = [Value(1.0), Value(-2.0)]
+    group = ParamGroup(ps)
+    velocity = np.zeros(2)
+    grads = np.array([0.5, -1.0])
+    expected, buf = np.array([1.0, -2.0]), np.zeros(2)
+    for _ in range(3):
+        group.set_grad(grads)
+        group.sgd_step(0.1, 0.9, 0.01, velocity)
+        g = grads + 0.01 * expected
+        buf = 0.9 * buf + g
+        expected = expected - 0.1 * buf
+    np.testing.assert_allclose(group.data(), expected, rtol=1e-15)
+
+
+def test_adam_step_matches_torch_formula():
+    ps = [Value(1.0), Value(-2.0)]
+    group = ParamGroup(ps)
+    m, v = np.zeros(2), np.zeros(2)
+    p, em, ev = np.array([1.0, -2.0]), np.zeros(2), np.zeros(2)
+    lr, b1, b2, eps, wd = 0.01, 0.9, 0.999, 1e-8, 0.1
+    for t in range(1, 4):
+        g = np.array([0.3, -0.7]) * t
+        group.set_grad(g)
+        group.adam_step(t, lr, b1, b2, eps, wd, True, m, v)
+        p = p * (1 - lr * wd)
+        em = em + (1 - b1) * (g - em)
+        ev = ev * b2 + (1 - b2) * g * g
+        denom = np.sqrt(ev) / np.sqrt(1 - b2**t) + eps
+        p = p - lr / (1 - b1**t) * (em / denom)
+    np.testing.assert_allclose(group.data(), p, rtol=1e-14)
+    np.testing.assert_allclose(m, em, rtol=1e-14)

@@ -1,9 +1,11 @@
-"""A Layer computes with the Values its neurons hold at the moment of the call.
+"""nn.Layer and the one native call it makes per layer, ``_core._dense``.
 
-Each case changes a layer (copies it, shares neurons or weights, mutates lists, reassigns
-attributes, round-trips it through pickle) and then checks the layer's outputs and every
-gradient against the same neurons computed micrograd's way, one ``Value`` op at a time, and
-that ``parameters()`` returns the Values the neurons hold now.
+A Layer computes with the Values its neurons hold at the moment of the call. Each state case
+changes a layer (copies it, shares neurons or weights, mutates lists, reassigns attributes,
+round-trips it through pickle) and then checks the layer's outputs and every gradient against
+the same neurons computed micrograd's way, one ``Value`` op at a time, and that
+``parameters()`` returns the Values the neurons hold now. The last cases check the layer's
+arity and ``_dense``'s refusals of bad arguments.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import pickle
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import gradrs
-from gradrs import Value, nn
+from gradrs import Value, _core, nn
 
 ACTIVATION = {"relu": Value.relu, "tanh": Value.tanh, "sigmoid": Value.sigmoid, "linear": lambda v: v}
 
@@ -290,3 +293,106 @@ def test_layer_calls_free_their_graphs(make):
         builtins.sum(out).backward()
     del out
     assert gradrs.live_nodes() == baseline
+
+
+def test_layer_arity_and_float_inputs():
+    assert isinstance(nn.Layer(2, 1)([1.0, 2.0]), Value)
+    out = nn.Layer(2, 2)([1.0, 2.0])
+    assert isinstance(out, list) and len(out) == 2
+    model = nn.MLP(2, [16, 1, 1])  # a one-neuron hidden layer (micrograd issue #13)
+    assert isinstance(model([0.5, 0.5]), Value)
+    with pytest.raises(ValueError, match="expects 2 inputs, got 3"):
+        nn.Neuron(2)([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="unknown activation"):
+        nn.Neuron(2, activation="gelu")
+
+
+def test_layer_notices_replaced_parameters_and_neurons():
+    layer = nn.Layer(2, 2, nonlin=False)
+    x = [1.0, 2.0]
+    before = [v.data for v in layer(x)]
+    layer.neurons[0].w[1] = Value(10.0)  # replace a weight Value in place
+    layer.neurons[1].b = Value(-5.0)
+    after = [v.data for v in layer(x)]
+    assert after[0] == layer.neurons[0].w[0].data * 1.0 + 10.0 * 2.0
+    assert after[1] == before[1] - 5.0
+    layer.neurons[1] = nn.Neuron(2, nonlin=False)
+    layer.neurons[1].w = [Value(1.0), Value(1.0)]
+    assert layer(x)[1].data == 3.0
+    # the fused layer and one-by-one neurons agree, gradients included
+    out = layer(x)
+    (out[0] * out[1]).backward()
+    fused = [p.grad for p in layer.parameters()]
+    layer.zero_grad()
+    one_by_one = [n(x) for n in layer.neurons]
+    (one_by_one[0] * one_by_one[1]).backward()
+    assert [p.grad for p in layer.parameters()] == fused
+
+
+def test_copied_layers_compute_with_their_own_values():
+    random.seed(3)
+    layer = nn.Layer(2, 3, nonlin=False)
+    x = [0.5, -0.25]
+    before = [v.data for v in layer(x)]
+    twin = copy.deepcopy(layer)
+    twin.neurons[0].w[0].data += 1.0
+    assert twin(x)[0].data == pytest.approx(before[0] + 0.5, rel=1e-12)
+    assert [v.data for v in layer(x)] == before
+    assert [v.data for v in pickle.loads(pickle.dumps(layer))(x)] == before
+
+
+def test_parameters_follow_every_change_to_a_layer():
+    layer = nn.Layer(2, 2)
+    layer([1.0, 2.0])
+
+    def expected():
+        return [p for n in layer.neurons for p in (*n.w, n.b)]
+
+    assert layer.parameters() == expected()
+    layer.parameters().append(Value(0.0))  # a caller's list is its own
+    assert len(layer.parameters()) == 6
+    changes = [
+        lambda: layer.neurons[0].w.__setitem__(1, Value(10.0)),
+        lambda: setattr(layer.neurons[1], "b", Value(-5.0)),
+        lambda: setattr(layer.neurons[1], "w", [Value(1.0), Value(1.0)]),
+        lambda: layer.neurons.__setitem__(0, nn.Neuron(2)),
+        lambda: layer.neurons.append(nn.Neuron(2)),
+    ]
+    for change in changes:
+        layer([1.0, 2.0])
+        change()
+        assert layer.parameters() == expected()
+    model = nn.MLP(2, [3, 1])
+    model([1.0, 2.0])
+    assert model.parameters() == [p for layer in model.layers for n in layer.neurons for p in (*n.w, n.b)]
+
+
+def test_failed_dense_calls_keep_no_nodes():
+    """Every check runs before any node is made or held."""
+    w = [Value(0.5), Value(-0.5)]
+    b = Value(0.0)
+    before = gradrs.live_nodes()
+    failing = [
+        (lambda: _core._dense([w], [b], "bogus", [1.0, 2.0]), ValueError, "unknown activation 'bogus'"),
+        (lambda: _core._dense([w, w], [b], "relu", [1.0, 2.0]), ValueError, "2 weight rows but 1 biases"),
+        (
+            lambda: _core._dense([w], [b], ["relu", "tanh"], [1.0, 2.0]),
+            ValueError,
+            "2 activations for 1 neurons",
+        ),
+        (lambda: _core._dense([w], [b], [None], [1.0, 2.0]), TypeError, "activations must be str"),
+        (lambda: _core._dense([w], [b], "relu", [1.0]), ValueError, "expects 2 inputs, got 1"),
+        (
+            lambda: _core._dense([w], [b], "relu", [1.0, "a"]),
+            TypeError,
+            "layer input must be Values or real numbers",
+        ),
+        (lambda: _core._dense(w, [b], "relu", [1.0, 2.0]), TypeError, "not iterable"),
+        (lambda: gradrs.ParamGroup([*w, b, 1.0]), TypeError, "item 3 is float"),
+        (lambda: nn.Layer(2, 2)([1.0, 2.0, 3.0]), ValueError, "expects 2 inputs, got 3"),
+    ]
+    for call, error, message in failing:
+        with pytest.raises(error, match=message):
+            call()
+        assert gradrs.live_nodes() == before, message
+    assert [v.data for v in _core._dense([w], [b], ["tanh"], [1.0, 2.0])] == pytest.approx([np.tanh(-0.5)])
