@@ -115,6 +115,12 @@ pub(crate) fn engine_error(err: EngineError) -> PyErr {
     }
 }
 
+/// Whether an op is recorded as a plain node, with nothing else to do: grad mode on and no
+/// anomaly checks (which [`apply_locked`] adds per op).
+pub(crate) fn plain_recording() -> bool {
+    grad_enabled() && !DETECT_ANOMALY.load(Ordering::Relaxed)
+}
+
 pub(crate) fn grad_enabled() -> bool {
     THREADS_WITHOUT_GRAD.load(Ordering::Relaxed) == 0 || GRAD_ENABLED.with(Cell::get)
 }

@@ -24,6 +24,7 @@
 
 mod backward;
 mod error;
+mod layer;
 mod node;
 mod order;
 mod store;

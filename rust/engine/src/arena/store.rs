@@ -96,6 +96,44 @@ impl Arena {
 
     /// Makes a node in room `reserve_node` made.
     pub(super) fn alloc(&mut self, data: f64, op: Op, children: Children) -> NodeId {
+        let earliest_below = match children {
+            Children::None => None,
+            Children::One(a) => Some(self.slots[a as usize].earliest_below),
+            Children::Two(a, b) => Some(self.earlier(
+                self.slots[a as usize].earliest_below,
+                self.slots[b as usize].earliest_below,
+            )),
+            Children::Many(list) => self.earliest_below_all(&self.lists[list as usize]),
+        };
+        self.place(data, op, children, earliest_below)
+    }
+
+    /// Of two slots, the one whose node was born first.
+    pub(super) fn earlier(&self, a: u32, b: u32) -> u32 {
+        if self.slots[a as usize].birth <= self.slots[b as usize].birth {
+            a
+        } else {
+            b
+        }
+    }
+
+    /// The earliest-born node below any of `children` (`None` for no children).
+    pub(super) fn earliest_below_all(&self, children: &[u32]) -> Option<u32> {
+        children
+            .iter()
+            .map(|&c| self.slots[c as usize].earliest_below)
+            .reduce(|a, b| self.earlier(a, b))
+    }
+
+    /// Makes a node whose earliest-born node below is `earliest_below` (itself when `None`), in
+    /// room `reserve_node` made.
+    pub(super) fn place(
+        &mut self,
+        data: f64,
+        op: Op,
+        children: Children,
+        earliest_below: Option<u32>,
+    ) -> NodeId {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -117,27 +155,6 @@ impl Arena {
             }
         };
         let birth = self.births.len() as u32; // at most 2 * live + 4096 after `reserve_node`
-        let earlier = |a: u32, b: u32| {
-            if self.slots[a as usize].birth <= self.slots[b as usize].birth {
-                a
-            } else {
-                b
-            }
-        };
-        let earliest_below = match children {
-            Children::None => slot,
-            Children::One(a) => self.slots[a as usize].earliest_below,
-            Children::Two(a, b) => earlier(
-                self.slots[a as usize].earliest_below,
-                self.slots[b as usize].earliest_below,
-            ),
-            Children::Many(list) => {
-                let lows = self.lists[list as usize]
-                    .iter()
-                    .map(|&c| self.slots[c as usize].earliest_below);
-                lows.reduce(earlier).unwrap_or(slot)
-            }
-        };
         self.births.push(slot);
         let at = slot as usize;
         self.nodes[at] = Node { data, grad: 0.0, op };
@@ -145,7 +162,7 @@ impl Arena {
         let bookkeeping = &mut self.slots[at];
         bookkeeping.refs = 1;
         bookkeeping.birth = birth;
-        bookkeeping.earliest_below = earliest_below;
+        bookkeeping.earliest_below = earliest_below.unwrap_or(slot);
         self.live += 1;
         NodeId {
             slot,
