@@ -582,29 +582,36 @@ pub fn _restore_value(py: Python<'_>, data: f64, grad: f64, label: String) -> Py
     wrap(py, id)
 }
 
+/// Sets this thread's `flag` to `value` and returns its previous setting, keeping `count` (the
+/// threads whose flag equals `counted`) right, so that the common case is one relaxed load.
+fn set_counted_flag(
+    flag: &'static std::thread::LocalKey<Cell<bool>>,
+    count: &AtomicUsize,
+    counted: bool,
+    value: bool,
+) -> bool {
+    let previous = flag.with(|flag| flag.replace(value));
+    if previous != value {
+        if value == counted {
+            count.fetch_add(1, Ordering::Relaxed);
+        } else {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    previous
+}
+
 /// Turns recording on or off for this thread; returns the previous setting.
 #[pyfunction]
 pub fn _set_grad_enabled(enabled: bool) -> bool {
-    let previous = GRAD_ENABLED.with(|flag| flag.replace(enabled));
-    match (previous, enabled) {
-        (true, false) => THREADS_WITHOUT_GRAD.fetch_add(1, Ordering::Relaxed),
-        (false, true) => THREADS_WITHOUT_GRAD.fetch_sub(1, Ordering::Relaxed),
-        _ => 0,
-    };
-    previous
+    set_counted_flag(&GRAD_ENABLED, &THREADS_WITHOUT_GRAD, false, enabled)
 }
 
 /// Marks this thread as tracing a function for `gradrs.compile` (or not); returns the previous
 /// setting.
 #[pyfunction]
 pub fn _set_tracing(enabled: bool) -> bool {
-    let previous = TRACING.with(|flag| flag.replace(enabled));
-    match (previous, enabled) {
-        (false, true) => THREADS_TRACING.fetch_add(1, Ordering::Relaxed),
-        (true, false) => THREADS_TRACING.fetch_sub(1, Ordering::Relaxed),
-        _ => 0,
-    };
-    previous
+    set_counted_flag(&TRACING, &THREADS_TRACING, true, enabled)
 }
 
 /// Whether ops record a graph on this thread.
