@@ -396,3 +396,42 @@ def test_failed_dense_calls_keep_no_nodes():
             call()
         assert gradrs.live_nodes() == before, message
     assert [v.data for v in _core._dense([w], [b], ["tanh"], [1.0, 2.0])] == pytest.approx([np.tanh(-0.5)])
+
+
+def test_failed_layer_calls_keep_no_nodes():
+    """``_core._layer``, what ``Layer`` calls, checks every neuron before making any node."""
+
+    class Bare:
+        pass
+
+    def neuron(w: object, b: object, activation: object = "relu") -> object:
+        made = Bare()
+        made.w, made.b, made._activation = w, b, activation  # type: ignore[attr-defined]
+        return made
+
+    w = [Value(0.5), Value(-0.5)]
+    b = Value(0.0)
+    before = gradrs.live_nodes()
+    failing = [
+        (lambda: _core._layer([Bare()], [1.0, 2.0]), AttributeError, "has no attribute 'w'"),
+        (lambda: _core._layer([neuron(w, b, "bogus")], [1.0, 2.0]), ValueError, "unknown activation"),
+        (lambda: _core._layer([neuron(w, b, None)], [1.0, 2.0]), TypeError, "activations must be str"),
+        (lambda: _core._layer([neuron(w, 0.0)], [1.0, 2.0]), TypeError, "layer biases must be Values"),
+        (lambda: _core._layer([neuron([*w, 1.0], b)], [1.0, 2.0]), ValueError, "expects 3 inputs, got 2"),
+        (
+            lambda: _core._layer([neuron(w, b), neuron((w[0], 2.0), b)], [1.0, 2.0]),
+            TypeError,
+            "item 1 is float",
+        ),
+        (lambda: _core._layer(neuron(w, b), [1.0, 2.0]), TypeError, "not iterable"),
+        (lambda: _core._layer([neuron(w, b)], [1.0, "a"]), TypeError, "layer input must be Values"),
+    ]
+    for call, error, message in failing:
+        with pytest.raises(error, match=message):
+            call()
+        assert gradrs.live_nodes() == before, message
+    # Weights in a tuple, neurons in a generator: any iterables, as the lists' slower path.
+    (out,) = _core._layer((n for n in [neuron(tuple(w), b, "tanh")]), [1.0, 2.0])
+    assert out.data == pytest.approx(np.tanh(-0.5))
+    out.backward()
+    assert [v.grad for v in w] == pytest.approx([1 - np.tanh(-0.5) ** 2, 2 * (1 - np.tanh(-0.5) ** 2)])

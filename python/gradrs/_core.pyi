@@ -26,6 +26,7 @@ __all__ = [
     "sum",
     "leaves",
     "_dense",
+    "_layer",
     "__version__",
 ]
 
@@ -113,6 +114,7 @@ def _dense(
     activations: str | Iterable[str],
     inputs: Iterable[Value | _Number],
 ) -> list[Value]: ...
+def _layer(neurons: Iterable[Any], inputs: Iterable[Value | _Number]) -> list[Value]: ...
 
 @final
 class ParamGroup:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from gradrs._core import ParamGroup, Value, _dense, dot
+from gradrs._core import ParamGroup, Value, _layer, dot
 
 if TYPE_CHECKING:
     import numpy as np
@@ -282,13 +282,7 @@ class Layer(Module):
         self.__dict__.update(_upgrade(state))
 
     def __call__(self, x: Sequence[Input]) -> Value | list[Value]:
-        neurons = self.neurons
-        out = _dense(
-            [n.w for n in neurons],
-            [n.b for n in neurons],
-            [n._activation for n in neurons],
-            x,
-        )
+        out = _layer(self.neurons, x)
         return out[0] if len(out) == 1 else out
 
     def parameters(self) -> list[Value]:

@@ -134,6 +134,14 @@ pub(crate) fn node_of(
         // comparison: a layer reads a few hundred weights per call).
         return Ok(unsafe { item.cast_unchecked::<PyValue>() }.get().id);
     }
+    node_of_subclass(item, what, i)
+}
+
+/// `node_of` for anything but an exact Value: kept out of line so a layer's loop over its
+/// weights stays a load and a comparison per weight.
+#[cold]
+#[inline(never)]
+fn node_of_subclass(item: &Bound<'_, PyAny>, what: &str, i: usize) -> PyResult<NodeId> {
     match item.cast::<PyValue>() {
         Ok(value) => Ok(value.get().id),
         Err(_) => Err(wrong_item(what, "Values", i, item)),

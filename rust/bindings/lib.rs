@@ -26,7 +26,7 @@ mod _core {
     use crate::arrays::{leaves, ParamGroup};
 
     #[pymodule_export]
-    use crate::layers::_dense;
+    use crate::layers::{_dense, _layer};
 
     #[pymodule_export]
     use crate::compile::PyProgram;
