@@ -277,3 +277,12 @@ def test_demo_picture_is_readable_and_from_one_clean_backward(tmp_path):
     model.zero_grad()
     (1 + -float(y[hardest]) * model(list(X[hardest]))).relu().backward()
     assert np.array_equal(model.parameters_grad(), drawn) and np.abs(drawn).max() > 0
+
+
+def test_the_readme_counts_for_the_demo_model():
+    random.seed(7)
+    out = MLP(2, [16, 16, 1])([Value(1.0), Value(2.0)])
+    records = [
+        draw_dot(out, **kw).source.count("shape=record") for kw in ({}, {"fused": True}, {"group": "neuron"})
+    ]
+    assert records == [979, 404, 35]

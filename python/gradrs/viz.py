@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gradrs._core import Value
@@ -11,7 +11,7 @@ from gradrs._core import Value
 __all__ = ["draw_dot", "trace"]
 
 # What ``draw_dot(group=...)`` may fold into one box.
-GROUPS = (None, "neuron")
+_GROUPS = (None, "neuron")
 
 # The ops ``gradrs.nn`` puts on top of a neuron's fused ``dot`` node (their ``_op_detail``).
 _ACTIVATIONS = ("ReLU", "tanh", "sigmoid")
@@ -69,7 +69,7 @@ def draw_dot(
     """
     if rankdir not in ("LR", "RL", "TB", "BT"):
         raise ValueError(f"rankdir must be 'LR', 'RL', 'TB' or 'BT', not {rankdir!r}")
-    if group not in GROUPS:
+    if group not in _GROUPS:
         raise ValueError(f"group must be None or 'neuron', not {group!r}")
     try:
         import graphviz
@@ -160,30 +160,32 @@ def _lecture_neuron(v: Value, ids: dict[Value, str]) -> list[_Box]:
     order (``bias + w0*x0``, then ``+ w1*x1``, ...), the last ``+`` being the real node."""
     weights, inputs, bias = _dot_parts(v)
     name = ids[v]
-    boxes = []
-    products = []
-    for k, (w, x) in enumerate(zip(weights, inputs, strict=True)):
-        label = f"{w.label}*{x.label}" if w.label and x.label else ""
-        product = _Box(f"{name}p{k}", label, w.data * x.data, v.grad, "*", _names((w, x), ids))
-        boxes.append(product)
-        products.append(product)
-    total = bias.data if bias is not None else 0.0
-    terms = [ids[bias]] if bias is not None else []
+    products = [
+        _Box(f"{name}p{k}", _product_label(w, x), w.data * x.data, v.grad, "*", _names((w, x), ids))
+        for k, (w, x) in enumerate(zip(weights, inputs, strict=True))
+    ]
+    if bias is None and len(products) == 1:  # dot([w], [x]): the product is the node itself
+        return [replace(products[0], name=name, label=v.label, data=v.data)]
+    boxes = list(products)
+    previous = ids[bias] if bias is not None else None
+    total = bias.data if bias is not None else 0.0  # the engine's sum starts from 0 without a bias
     for k, product in enumerate(products):
         total += product.data
-        terms.append(product.name)
-        if len(terms) < 2:
-            continue  # no bias: the first product starts the chain
-        last = k == len(products) - 1
-        if last:
-            boxes.append(_Box(name, v.label, v.data, v.grad, "+", terms))
+        if previous is None:  # no bias: the first product starts the chain
+            previous = product.name
+            continue
+        if k == len(products) - 1:
+            partial = _Box(name, v.label, v.data, v.grad, "+", [previous, product.name])
         else:
-            boxes.append(_Box(f"{name}s{k}", "", total, v.grad, "+", terms))
-        terms = [boxes[-1].name]
-    if len(products) == 1 and bias is None:  # dot([w], [x]): the product is the node itself
-        only = boxes[0]
-        return [_Box(name, v.label, v.data, v.grad, "*", only.inputs)]
+            partial = _Box(f"{name}s{k}", "", total, v.grad, "+", [previous, product.name])
+        boxes.append(partial)
+        previous = partial.name
     return boxes
+
+
+def _product_label(w: Value, x: Value) -> str:
+    """``w1*x1`` when both factors are labelled, as the lecture labels its products."""
+    return f"{w.label}*{x.label}" if w.label and x.label else ""
 
 
 @dataclass
