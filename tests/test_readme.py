@@ -60,22 +60,43 @@ def test_blocks_are_found():
     assert shown_output(blocks[1]) == ["1"]
 
 
+def run_in_one_session(blocks: list[str], folder: Path) -> tuple[subprocess.CompletedProcess[str], list]:
+    """Runs ``blocks`` in order in one fresh interpreter in ``folder``; the result and each
+    block's output (None for a block skipped for want of an optional module)."""
+    (folder / "blocks.json").write_text(json.dumps(blocks))
+    (folder / "driver.py").write_text(DRIVER)
+    result = subprocess.run(
+        [sys.executable, "driver.py", "blocks.json", "outputs.json"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    outputs = json.loads((folder / "outputs.json").read_text()) if result.returncode == 0 else []
+    return result, outputs
+
+
+def test_the_session_shares_names_skips_only_marked_blocks_and_names_a_failing_block(tmp_path):
+    blocks = [
+        "a = 2\n",
+        "# needs: no_such_module_for_gradrs\nimport no_such_module_for_gradrs\n",
+        "print(a * 3)\n",
+    ]
+    result, outputs = run_in_one_session(blocks, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert outputs == ["", None, "6\n"]
+    result, _ = run_in_one_session([*blocks, "print(X)\n"], tmp_path)
+    assert result.returncode == 1 and "README.md python block 4 failed" in result.stderr
+    assert "NameError: name 'X' is not defined" in result.stderr
+
+
 def test_every_readme_block_runs_in_one_session(tmp_path):
     blocks = python_blocks(README.read_text())
     assert len(blocks) >= 4 and any("gradrs.compile" in block for block in blocks)
     marked = [block for block in blocks if block.startswith("# needs: ")]
     assert len(marked) <= 2, "blocks marked as needing something optional should stay rare"
-    (tmp_path / "blocks.json").write_text(json.dumps(blocks))
-    (tmp_path / "driver.py").write_text(DRIVER)
-    result = subprocess.run(
-        [sys.executable, "driver.py", "blocks.json", "outputs.json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result, outputs = run_in_one_session(blocks, tmp_path)
     assert result.returncode == 0, result.stderr
-    outputs = json.loads((tmp_path / "outputs.json").read_text())
     for number, (block, output) in enumerate(zip(blocks, outputs, strict=True), 1):
         expected = shown_output(block)
         if expected and output is not None:
