@@ -161,17 +161,27 @@ def decision_boundary(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path, h
 
 
 def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> Path:
-    """The expression graph of the first sample's hinge loss, as SVG at ``path``; when
-    Graphviz's ``dot`` program is missing, its DOT source next to it instead. Returns the file."""
+    """The expression graph of one sample's hinge loss, as SVG at ``path``; when Graphviz's
+    ``dot`` program is missing, its DOT source next to it instead. Returns the file.
+
+    The sample is the one with the smallest margin ``y * score``, so its loss is the largest and
+    its gradients are the last to vanish. Each neuron is one box (``draw_dot(group="neuron")``),
+    so the picture stays a readable size, and the gradients are those of this one loss: the
+    model's are zeroed before its one backward.
+    """
     from gradrs.viz import draw_dot
 
-    x = leaves(X[0])
+    with no_grad():
+        scores = [cast(Value, model(row)).data for row in leaves(X)]
+    hardest = int(np.argmin(y * np.array(scores)))
+    x = leaves(X[hardest])
     for value, name in zip(x, ("x0", "x1"), strict=True):
         value.label = name
-    loss = (1 + -float(y[0]) * cast(Value, model(x))).relu()
+    loss = (1 + -float(y[hardest]) * cast(Value, model(x))).relu()
     loss.label = "loss"
+    model.zero_grad()
     loss.backward()
-    graph = draw_dot(loss)
+    graph = draw_dot(loss, group="neuron")
     try:
         path.write_bytes(graph.pipe(format="svg"))
         return path
