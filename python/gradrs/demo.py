@@ -181,6 +181,21 @@ def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> Pat
         return source
 
 
+def sample_page(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> Path:
+    """The first sample's hinge loss as an interactive page at ``path`` (``gradrs.viz.draw_html``):
+    pan, zoom, click a node, step backward through it. Needs no Graphviz. Returns the file."""
+    from gradrs.graph_page import draw_html
+
+    x = leaves(X[0])
+    for value, name in zip(x, ("x0", "x1"), strict=True):
+        value.label = name
+    loss = (1 + -float(y[0]) * cast(Value, model(x))).relu()
+    loss.label = "loss"
+    model.zero_grad()  # the page steps through this one backward pass, not gradients left from training
+    loss.backward()
+    return draw_html(loss, title="gradrs demo: the first sample's hinge loss").save(path)
+
+
 def run_demo(
     steps: int = 100,
     seed: int = 1337,
@@ -232,6 +247,7 @@ def run_demo(
                 )
         except ImportError:
             print(_MISSING.format(what="the graph picture", package="graphviz"), file=stream)
+        result.files.append(sample_page(model, X, y, out / "sample_loss_graph.html"))
         for path in result.files:
             print(f"wrote {path}", file=stream)
     return result

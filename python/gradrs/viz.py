@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from gradrs._core import Value
+from gradrs.graph_page import draw_html
 
-__all__ = ["draw_dot", "trace"]
+__all__ = ["draw_dot", "draw_html", "trace"]
 
 
 def trace(root: Value) -> tuple[list[Value], list[tuple[Value, Value]]]:
