@@ -120,9 +120,13 @@ class Tab:
         self.next_id = 0
         self.events: list[dict[str, Any]] = []
 
-    def send(self, method: str, **params: Any) -> dict[str, Any]:
+    def send(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        """Runs one command, in the tab or (with ``session``) in a frame attached to it."""
         self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        command = {"id": self.next_id, "method": method, "params": params}
+        if session is not None:
+            command["sessionId"] = session
+        self.ws.send(json.dumps(command))
         while True:
             message = json.loads(self.ws.recv())
             if message.get("id") == self.next_id:
@@ -130,8 +134,10 @@ class Tab:
                 return message.get("result", {})
             self.events.append(message)
 
-    def js(self, expression: str) -> Any:
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+    def js(self, expression: str, session: str | None = None) -> Any:
+        result = self.send(
+            "Runtime.evaluate", session, expression=expression, returnByValue=True, awaitPromise=True
+        )
         assert "exceptionDetails" not in result, result["exceptionDetails"]
         return result["result"].get("value")
 
@@ -344,6 +350,29 @@ def test_wheel_zooms_and_drag_pans(tab, tmp_path):
     tab.mouse("mouseReleased", 700, 650, button="left", clickCount=1)
     panned = tab.js(read)
     assert panned != zoomed and scale(panned) == scale(zoomed)
+    assert tab.problems() == []
+
+
+@needs_chromium
+def test_the_jupyter_iframe_runs_the_page(tab, tmp_path):
+    """What a notebook shows: the page inside a sandboxed srcdoc iframe, scripts running."""
+    root = lecture_graph()
+    shown = tmp_path / "cell_output.html"
+    shown.write_text(f"<!DOCTYPE html><html><body>{draw_html(root)._repr_html_()}</body></html>")
+    tab.open(shown)
+    assert tab.problems() == []
+    # A sandboxed iframe runs in a process of its own: attach to it as a target of its own.
+    frames = [t for t in tab.send("Target.getTargets")["targetInfos"] if t["type"] == "iframe"]
+    assert [t["url"] for t in frames] == ["about:srcdoc"]
+    in_iframe = tab.send("Target.attachToTarget", targetId=frames[0]["targetId"], flatten=True)["sessionId"]
+    tab.send("Runtime.enable", in_iframe)
+    deadline = time.monotonic() + 10
+    while tab.js("document.readyState", in_iframe) != "complete":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert tab.js("document.querySelectorAll('.node').length", in_iframe) == 7
+    tab.js("document.getElementById('all').click()", in_iframe)
+    assert tab.js("document.querySelectorAll('.grad.blank').length", in_iframe) == 0
     assert tab.problems() == []
 
 
