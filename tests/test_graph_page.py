@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -90,6 +91,23 @@ def test_bad_arguments_are_named():
         draw_html(1.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="title must be a string"):
         draw_html(Value(1.0), title=3)  # type: ignore[arg-type]
+
+
+def test_the_page_needs_neither_graphviz_nor_dot(tmp_path):
+    """The layout is gradrs's own: no graphviz package imported, no dot program on PATH."""
+    code = (
+        "import sys; sys.modules['graphviz'] = None\n"  # any import of it now fails
+        "from gradrs import Value\n"
+        "from gradrs.viz import draw_html\n"
+        "x = Value(2.0, label='x'); y = (x * x).tanh(); y.backward()\n"
+        f"print(draw_html(y).save({str(tmp_path / 'p.html')!r}).stat().st_size > 1000)\n"
+    )
+    env = {**os.environ, "PATH": str(tmp_path)}  # an empty PATH: no dot to find
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
 
 
 def test_deep_graphs_lay_out_without_recursion():
@@ -430,4 +448,16 @@ def test_the_demo_writes_the_page_beside_the_svg(tab, tmp_path):
     assert drawn > 300  # every Value of MLP(2, [16, 16, 1]) on one sample, weights included
     tab.js("document.getElementById('all').click()")
     assert tab.js("document.querySelectorAll('.grad.blank').length") == 0
+    assert tab.problems() == []
+
+
+@needs_chromium
+def test_a_single_value_is_a_page_too(tab, tmp_path):
+    x = Value(3.0, label="x")
+    x.backward()
+    open_page(tab, x, tmp_path / "one.html")
+    assert tab.js("document.querySelectorAll('.node').length") == 1
+    tab.click(*tab.centre_of("#step"))
+    assert shown_grads(tab) == ["grad 1.0000"]
+    assert tab.js("document.getElementById('status').textContent").startswith("step 1 of 1: x.grad = 1.0000")
     assert tab.problems() == []

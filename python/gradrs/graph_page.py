@@ -206,13 +206,15 @@ _TEMPLATE = r"""<!DOCTYPE html>
   * { box-sizing: border-box; }
   html, body { margin: 0; height: 100%; font: 13px/1.4 system-ui, sans-serif; color: var(--ink); }
   body { display: grid; grid-template-rows: auto 1fr; grid-template-columns: 1fr 260px; height: 100vh; }
-  header { grid-column: 1 / 3; display: flex; gap: 6px; align-items: center; flex-wrap: wrap;
+  header { grid-column: 1 / 3; display: flex; gap: 6px; align-items: center;
            padding: 6px 10px; border-bottom: 1px solid #ddd; background: var(--panel); }
-  header h1 { font-size: 14px; margin: 0 12px 0 0; font-weight: 600; }
+  header h1 { font-size: 14px; margin: 0 12px 0 0; font-weight: 600; white-space: nowrap; }
   header button { font: inherit; padding: 2px 10px; border: 1px solid #bbb; border-radius: 4px;
                   background: var(--paper); cursor: pointer; }
   header button:disabled { color: #aaa; cursor: default; }
-  #status { margin-left: 8px; font-family: ui-monospace, monospace; }
+  /* One line, cut short rather than wrapped, so stepping never shifts the graph below it. */
+  #status { margin-left: 8px; font-family: ui-monospace, monospace; flex: 1 1 200px; min-width: 0;
+            white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
   #canvas { width: 100%; height: 100%; cursor: grab; background: var(--paper); touch-action: none; }
   #canvas.panning { cursor: grabbing; }
   aside { border-left: 1px solid #ddd; background: var(--panel); padding: 10px 12px; overflow: auto; }
@@ -381,6 +383,7 @@ function render() {
     status.textContent = `step ${done} of ${steps.length}: ${name(id)}.grad = ${nodes[id].grad} (${why})`;
     follow(id);
   }
+  status.title = status.textContent;  // the whole line, when it is cut short
   document.getElementById("reset").disabled = done === 0;
   document.getElementById("back").disabled = done === 0;
   document.getElementById("step").disabled = done === steps.length;
