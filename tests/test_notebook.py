@@ -46,23 +46,16 @@ def executed(tmp_path_factory) -> Any:
             }
         )
     )
-    saved = {name: os.environ.get(name) for name in ("JUPYTER_PATH", "JUPYTER_PLATFORM_DIRS", "MPLBACKEND")}
-    os.environ["JUPYTER_PATH"] = str(home)
-    os.environ["JUPYTER_PLATFORM_DIRS"] = "1"  # jupyter_core's future default; silences its warning
-    os.environ.pop("MPLBACKEND", None)  # the kernel's own inline backend draws the plots
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("JUPYTER_PATH", str(home))
+        env.setenv("JUPYTER_PLATFORM_DIRS", "1")  # jupyter_core's future default; silences its warning
+        env.delenv("MPLBACKEND", raising=False)  # the kernel's own inline backend draws the plots
         notebook = nbformat.read(NOTEBOOK, as_version=4)
         work = tmp_path_factory.mktemp("notebook-cwd")
         client = nbclient.NotebookClient(
             notebook, timeout=120, kernel_name=KERNEL, resources={"metadata": {"path": str(work)}}
         )
         client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return notebook
 
 
