@@ -29,6 +29,16 @@ if ! command -v dot >/dev/null; then
     fi
 fi
 
+step "system tools: Debian's chromium, so a test opens the graph page in a real browser"
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "warning: could not install chromium; the browser tests will be skipped"
+    else
+        echo "warning: chromium is missing and this is not root; the browser tests will be skipped"
+    fi
+fi
+
 step "Rust: format, lints, unit tests"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --release -- -D warnings

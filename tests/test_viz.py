@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gradrs import Value, dot
-from gradrs.demo import sample_graph, train
+from gradrs.demo import sample_graph, sample_loss, train
 from gradrs.nn import MLP, Neuron
 from gradrs.viz import _boxes, draw_dot, trace
 
@@ -262,7 +262,7 @@ def test_demo_picture_is_readable_and_from_one_clean_backward(tmp_path):
     model, _, (X, y) = train(steps=3, progress=None)
     for p in model.parameters():
         p.grad = 123.0  # what a backward without zeroing would add to
-    written = sample_graph(model, X, y, tmp_path / "graph.svg")
+    written = sample_graph(sample_loss(model, X, y), tmp_path / "graph.svg")
     svg = written.read_text()
     width, height = (
         float(v) for v in re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups()

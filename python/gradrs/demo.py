@@ -160,17 +160,10 @@ def decision_boundary(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path, h
     plt.close(fig)
 
 
-def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> Path:
-    """The expression graph of one sample's hinge loss, as SVG at ``path``; when Graphviz's
-    ``dot`` program is missing, its DOT source next to it instead. Returns the file.
-
-    The sample is the one with the smallest margin ``y * score``, so its loss is the largest and
-    its gradients are the last to vanish. Each neuron is one box (``draw_dot(group="neuron")``),
-    so the picture stays a readable size, and the gradients are those of this one loss: the
-    model's are zeroed before its one backward.
-    """
-    from gradrs.viz import draw_dot
-
+def sample_loss(model: nn.MLP, X: np.ndarray, y: np.ndarray) -> Value:
+    """The hinge loss of the sample with the smallest margin ``y * score`` (the largest loss, whose
+    gradients are the last to vanish), after zeroing the model's gradients and one backward of it:
+    the gradients a picture shows are those of this one loss."""
     with no_grad():
         scores = [cast(Value, model(row)).data for row in leaves(X)]
     hardest = int(np.argmin(y * np.array(scores)))
@@ -181,6 +174,17 @@ def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> Pat
     loss.label = "loss"
     model.zero_grad()
     loss.backward()
+    return loss
+
+
+def sample_graph(loss: Value, path: Path) -> Path:
+    """The expression graph of ``loss`` (from ``sample_loss``), as SVG at ``path``; when Graphviz's
+    ``dot`` program is missing, its DOT source next to it instead. Returns the file.
+
+    Each neuron is one box (``draw_dot(group="neuron")``), so the picture stays a readable size.
+    """
+    from gradrs.viz import draw_dot
+
     graph = draw_dot(loss, group="neuron")
     try:
         path.write_bytes(graph.pipe(format="svg"))
@@ -189,6 +193,15 @@ def sample_graph(model: nn.MLP, X: np.ndarray, y: np.ndarray, path: Path) -> Pat
         source = path.with_suffix(".dot")
         source.write_text(graph.source)
         return source
+
+
+def sample_page(loss: Value, path: Path) -> Path:
+    """The graph of ``loss`` (from ``sample_loss``) as an interactive page at ``path``
+    (``gradrs.viz.draw_html``): pan, zoom, click a node, step backward through it. Needs no
+    Graphviz. Returns the file."""
+    from gradrs.graph_page import draw_html
+
+    return draw_html(loss, title="gradrs demo: the hardest sample's hinge loss").save(path)
 
 
 def run_demo(
@@ -231,8 +244,9 @@ def run_demo(
             result.files.append(png)
         except ImportError:
             print(_MISSING.format(what="the decision-boundary picture", package="matplotlib"), file=stream)
+        loss = sample_loss(model, X, y)
         try:
-            written = sample_graph(model, X, y, out / "sample_loss_graph.svg")
+            written = sample_graph(loss, out / "sample_loss_graph.svg")
             result.files.append(written)
             if written.suffix == ".dot":
                 print(
@@ -242,6 +256,7 @@ def run_demo(
                 )
         except ImportError:
             print(_MISSING.format(what="the graph picture", package="graphviz"), file=stream)
+        result.files.append(sample_page(loss, out / "sample_loss_graph.html"))
         for path in result.files:
             print(f"wrote {path}", file=stream)
     return result

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gradrs._core import Value
+from gradrs.graph_page import draw_html
 
-__all__ = ["draw_dot", "trace"]
+__all__ = ["draw_dot", "draw_html", "trace"]
 
 # What ``draw_dot(group=...)`` may fold into one box.
 _GROUPS = (None, "neuron")
