@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${GRADRS_TEST_VENV:-"$ROOT/.venv-test"}
+# Python runs from an empty folder of its own, so `import gradrs` finds only the installed package
+# and no stray file (an `attr.py` left in /tmp hid the real attrs module once) shadows a module.
+RUN_DIR=$(mktemp -d)
+trap 'rm -rf "$RUN_DIR"' EXIT
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -59,7 +63,7 @@ fi
 "$VENV/bin/ruff" format --check "${PY_DIRS[@]}"
 # The source package, so its own _core.pyi stands for the extension (configured in pyproject.toml).
 "$VENV/bin/mypy" --strict python/gradrs
-(cd /tmp && "$PY" -m mypy.stubtest gradrs._core --allowlist "$ROOT/tests/stubtest_allowlist.txt")
+(cd "$RUN_DIR" && "$PY" -m mypy.stubtest gradrs._core --allowlist "$ROOT/tests/stubtest_allowlist.txt")
 
 step "sdist: builds, installs into a second fresh virtual environment, and runs"
 "$VENV/bin/maturin" sdist --out dist
@@ -72,7 +76,7 @@ python3 -m venv "$SDIST_VENV"
 # directory (about a minute here). With target/ shared, cargo finds the artifacts built from the
 # working tree fresh and compiles nothing, so the sdist's sources would go untested.
 env -u CARGO_TARGET_DIR "$SDIST_VENV/bin/python" -m pip install -q "$SDIST"
-(cd /tmp && "$SDIST_VENV/bin/python" -c '
+(cd "$RUN_DIR" && "$SDIST_VENV/bin/python" -c '
 import math
 
 import gradrs
@@ -93,5 +97,5 @@ print("the sdist installs and runs:", gradrs.__file__)
 
 step "pytest against the installed wheel"
 # Run from outside the source tree so `import gradrs` can only find the wheel.
-cd /tmp
+cd "$RUN_DIR"
 "$PY" -m pytest "$ROOT/tests" -p no:cacheprovider "$@"

@@ -443,7 +443,7 @@ def test_the_demo_writes_the_page_beside_the_svg(tab, tmp_path):
     assert page in result.files
     tab.open(page)
     assert tab.problems() == []
-    assert tab.js("document.title") == "gradrs demo: the first sample's hinge loss"
+    assert tab.js("document.title") == "gradrs demo: the hardest sample's hinge loss"
     drawn = tab.js("document.querySelectorAll('.node').length")
     assert drawn > 300  # every Value of MLP(2, [16, 16, 1]) on one sample, weights included
     tab.js("document.getElementById('all').click()")
