@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use gradrs_engine::program::{Output, Program, Reduce, ReplayError};
-use gradrs_engine::{NodeId, ARENA};
+use gradrs_engine::{NodeId, Recording, ARENA};
 use numpy::ndarray::Dimension;
 use numpy::{PyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};
@@ -18,7 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use crate::handles::{list_of, release_all, Held, Retained};
-use crate::value::{engine_error, grad_enabled};
+use crate::value::{engine_error, recording};
 
 #[pyclass(name = "_Program", module = "gradrs", frozen)]
 pub struct PyProgram {
@@ -118,7 +118,7 @@ impl PyProgram {
         py: Python<'py>,
         outputs: Vec<Output>,
         attached: &[NodeId],
-        grads: bool,
+        how: Recording,
     ) -> PyResult<Bound<'py, PyList>> {
         let ids = {
             let mut arena = ARENA.lock();
@@ -126,12 +126,7 @@ impl PyProgram {
             children.extend_from_slice(attached);
             let mut ids = Vec::with_capacity(outputs.len());
             for Output { value, partials } in outputs {
-                let made = if grads {
-                    arena.compiled_call(value, &children, partials)
-                } else {
-                    arena.leaf(value)
-                };
-                match made {
+                match arena.compiled_call_as(how, value, &children, partials) {
                     Ok(id) => ids.push(id),
                     Err(err) => {
                         release_all(&mut arena, &ids);
@@ -222,12 +217,12 @@ impl PyProgram {
             .filter_map(|(i, v)| v.map(|v| (i, v)))
             .unzip();
         let params = self.read_params()?;
-        let grads = grad_enabled();
+        let how = recording()?;
         let outputs = self
             .program
-            .call(&inputs, &params, &slots, grads)
+            .call(&inputs, &params, &slots, how.grads)
             .map_err(|err| replay_error(err, None))?;
-        self.compiled_call_results(py, outputs, &attached, grads)
+        self.compiled_call_results(py, outputs, &attached, how)
     }
 
     /// Forward only, one row of inputs per row of `rows`: a (rows, outputs) array.
@@ -267,8 +262,8 @@ impl PyProgram {
         }
         let params = self.read_params()?;
         let program = &self.program;
-        let grads = grad_enabled();
-        let outputs = if grads {
+        let how = recording()?;
+        let outputs = if how.grads {
             let batch = detached(py, |poll| {
                 program.batch(&data, n_rows, &params, reduce, threads, poll)
             })?;
@@ -290,6 +285,6 @@ impl PyProgram {
             })
             .collect()
         };
-        self.compiled_call_results(py, outputs, &[], grads)
+        self.compiled_call_results(py, outputs, &[], how)
     }
 }

@@ -11,7 +11,7 @@ use pyo3::types::{PyList, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
 use crate::handles::{list_of, node_of, release_all, resolve, wrong_item, Held};
-use crate::value::{apply_locked, engine_error, plain_recording, PyValue};
+use crate::value::{engine_error, recording, PyValue};
 
 fn activation(name: &str) -> PyResult<Option<Op>> {
     match name {
@@ -275,46 +275,13 @@ fn make_layer(
     nout: usize,
     ops: &[Option<Op>],
 ) -> PyResult<Vec<NodeId>> {
-    let nin = inputs.len();
-    let (w, b) = params.split_at(nout * nin);
+    let how = recording()?;
+    let (w, b) = params.split_at(nout * inputs.len());
     let mut arena = ARENA.lock();
     let (inputs, constants) = resolve(&mut arena, inputs)?;
     let mut outputs = Vec::with_capacity(nout);
-    if plain_recording() {
-        // The common case: the engine makes the whole layer, reading the inputs once.
-        let made = arena.layer(w, b, &inputs, ops, &mut outputs);
-        release_all(&mut arena, &constants);
-        made.map_err(engine_error)?;
-        return Ok(outputs);
-    }
-    // Under no_grad or detect_anomaly, each op takes the path every op takes.
-    let mut children = Vec::with_capacity(2 * nin + 1);
-    let mut failure = None;
-    for j in 0..nout {
-        children.clear();
-        children.extend_from_slice(&w[j * nin..(j + 1) * nin]);
-        children.extend_from_slice(&inputs);
-        children.push(b[j]);
-        let step = apply_locked(&mut arena, Op::Dot, &children).and_then(|pre| match ops[j] {
-            None => Ok(pre),
-            Some(op) => {
-                let out = apply_locked(&mut arena, op, &[pre]);
-                arena.release(pre); // the activation's node holds it now
-                out
-            }
-        });
-        match step {
-            Ok(id) => outputs.push(id),
-            Err(err) => {
-                failure = Some(err);
-                break;
-            }
-        }
-    }
+    let made = arena.layer(how, w, b, &inputs, ops, &mut outputs);
     release_all(&mut arena, &constants);
-    if let Some(err) = failure {
-        release_all(&mut arena, &outputs);
-        return Err(err);
-    }
+    made.map_err(engine_error)?;
     Ok(outputs)
 }

@@ -8,8 +8,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use gradrs_engine::op::Arity;
-use gradrs_engine::{Arena, EngineError, NodeId, Op, ARENA};
+use gradrs_engine::{Arena, EngineError, NodeId, Op, Recording, ARENA};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
@@ -108,17 +107,31 @@ pub(crate) fn engine_error(err: EngineError) -> PyErr {
         EngineError::TooManyNodes | EngineError::OutOfMemory { .. } | EngineError::NodeLimit { .. } => {
             PyMemoryError::new_err(err.to_string())
         }
-        EngineError::NanGradient { .. } => AnomalyError::new_err(err.to_string()),
+        EngineError::NanGradient { .. } | EngineError::NanForward { .. } => {
+            AnomalyError::new_err(err.to_string())
+        }
         EngineError::WrongArity { .. }
         | EngineError::LengthMismatch { .. }
         | EngineError::CompiledCallOnInputs => PyValueError::new_err(err.to_string()),
     }
 }
 
-/// Whether an op is recorded as a plain node, with nothing else to do: grad mode on and no
-/// anomaly checks (which [`apply_locked`] adds per op).
-pub(crate) fn plain_recording() -> bool {
-    grad_enabled() && !DETECT_ANOMALY.load(Ordering::Relaxed)
+/// How this thread's context asks new nodes to be made: `no_grad` and `detect_anomaly`.
+/// `no_grad` inside a function being traced is refused: its results would be numbers fixed
+/// at trace time.
+pub(crate) fn recording() -> PyResult<Recording> {
+    let how = Recording {
+        grads: grad_enabled(),
+        check_nan: DETECT_ANOMALY.load(Ordering::Relaxed),
+    };
+    if !how.grads && tracing() {
+        return Err(TraceError::new_err(
+            "gradrs.no_grad() inside a function being traced by gradrs.compile: its results \
+             would be recorded as numbers fixed at trace time. Move the no_grad block out of \
+             the compiled function, or call the whole compiled function under no_grad()",
+        ));
+    }
+    Ok(how)
 }
 
 pub(crate) fn grad_enabled() -> bool {
@@ -148,42 +161,8 @@ pub(crate) fn apply(py: Python<'_>, op: Op, children: &[NodeId]) -> PyResult<Py<
 
 /// [`apply`] for a caller that already holds the arena's lock.
 pub(crate) fn apply_locked(arena: &mut Arena, op: Op, children: &[NodeId]) -> PyResult<NodeId> {
-    let id = if !grad_enabled() {
-        if tracing() {
-            return Err(TraceError::new_err(
-                "gradrs.no_grad() inside a function being traced by gradrs.compile: its results \
-                 would be recorded as numbers fixed at trace time. Move the no_grad block out of \
-                 the compiled function, or call the whole compiled function under no_grad()",
-            ));
-        }
-        let data = arena.evaluate(&op, children).map_err(engine_error)?;
-        arena.leaf(data)
-    } else {
-        match (op.arity(), children) {
-            (Arity::One, &[a]) => arena.apply1(op, a),
-            (Arity::Two, &[a, b]) => arena.apply2(op, a, b),
-            _ => arena.apply(op, children),
-        }
-    }
-    .map_err(engine_error)?;
-    if DETECT_ANOMALY.load(Ordering::Relaxed) {
-        check_forward_nan(arena, id, children)?;
-    }
-    Ok(id)
-}
-
-#[cold]
-fn check_forward_nan(arena: &mut Arena, id: NodeId, children: &[NodeId]) -> PyResult<()> {
-    let data = arena.data(id).map_err(engine_error)?;
-    let inputs: Vec<f64> = children.iter().filter_map(|&c| arena.data(c).ok()).collect();
-    if data.is_nan() && !inputs.iter().any(|x| x.is_nan()) {
-        let op = arena.op(id).map_err(engine_error)?.describe();
-        arena.release(id);
-        return Err(AnomalyError::new_err(format!(
-            "op '{op}' produced nan in the forward pass from inputs {inputs:?}"
-        )));
-    }
-    Ok(())
+    let how = recording()?;
+    arena.apply_as(how, op, children).map_err(engine_error)
 }
 
 /// A new leaf holding `data`.

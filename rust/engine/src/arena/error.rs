@@ -18,6 +18,8 @@ pub enum EngineError {
     TooManyNodes,
     /// A shape mismatch in a bulk operation.
     LengthMismatch { expected: usize, got: usize },
+    /// Anomaly detection found a nan made by the forward pass from inputs that held none.
+    NanForward { op: String, inputs: Vec<f64> },
     /// Anomaly detection found a nan gradient.
     NanGradient {
         op: String,
@@ -53,6 +55,12 @@ impl fmt::Display for EngineError {
             EngineError::TooManyNodes => write!(f, "the arena is full (2**32 - 1 live nodes)"),
             EngineError::LengthMismatch { expected, got } => {
                 write!(f, "expected {expected} values, got {got}")
+            }
+            EngineError::NanForward { op, inputs } => {
+                write!(
+                    f,
+                    "op '{op}' produced nan in the forward pass from inputs {inputs:?}"
+                )
             }
             EngineError::NanGradient { op, inputs, upstream } => write!(
                 f,

@@ -6,15 +6,17 @@
 
 use super::error::{out_of_memory, EngineError, Result};
 use super::node::{Children, NodeId};
-use super::Arena;
+use super::{Arena, Recording};
 use crate::op::Op;
 
 impl Arena {
     /// Pushes onto `out`, for each neuron `j`, the node `Dot(weights[j*nin..(j+1)*nin], inputs,
-    /// biases[j])`, or `activations[j]` of it when that is `Some`. Everything is checked before
-    /// any node is made; on failure the nodes made so far are released and `out` is as it was.
+    /// biases[j])`, or `activations[j]` of it when that is `Some`, made as `how` asks. Everything
+    /// is checked before any node is made; on failure the nodes made so far are released and
+    /// `out` is as it was.
     pub fn layer(
         &mut self,
+        how: Recording,
         weights: &[NodeId],
         biases: &[NodeId],
         inputs: &[NodeId],
@@ -29,6 +31,9 @@ impl Arena {
         }
         for &id in inputs.iter().chain(weights).chain(biases) {
             self.check(id)?;
+        }
+        if how != Recording::PLAIN {
+            return self.layer_op_by_op(how, weights, biases, inputs, activations, out);
         }
         // The operands of neuron j are [w_j.., inputs.., b_j]: the inputs' part is shared.
         let mut x = std::mem::take(&mut self.inputs);
@@ -71,6 +76,47 @@ impl Arena {
             }
         }
         made
+    }
+
+    /// [`Arena::layer`] one op at a time, each as `how` asks (under `no_grad` or anomaly checks).
+    fn layer_op_by_op(
+        &mut self,
+        how: Recording,
+        weights: &[NodeId],
+        biases: &[NodeId],
+        inputs: &[NodeId],
+        activations: &[Option<Op>],
+        out: &mut Vec<NodeId>,
+    ) -> Result<()> {
+        let nin = inputs.len();
+        let start = out.len();
+        let mut children = Vec::with_capacity(2 * nin + 1);
+        for (j, activation) in activations.iter().enumerate() {
+            children.clear();
+            children.extend_from_slice(&weights[j * nin..(j + 1) * nin]);
+            children.extend_from_slice(inputs);
+            children.push(biases[j]);
+            let made = self
+                .apply_as(how, Op::Dot, &children)
+                .and_then(|pre| match *activation {
+                    None => Ok(pre),
+                    Some(op) => {
+                        let act = self.apply_as(how, op, &[pre]);
+                        self.release(pre); // the activation's node holds it now
+                        act
+                    }
+                });
+            match made {
+                Ok(id) => out.push(id),
+                Err(err) => {
+                    for id in out.drain(start..) {
+                        self.release(id);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One neuron of [`Arena::layer`] over checked `children` whose values are `x`.
@@ -121,7 +167,14 @@ mod tests {
         let biases: Vec<_> = [0.1, -0.2].iter().map(|&v| arena.leaf(v).unwrap()).collect();
         let mut out = Vec::new();
         arena
-            .layer(&weights, &biases, &inputs, &[Some(Op::Tanh), None], &mut out)
+            .layer(
+                Recording::PLAIN,
+                &weights,
+                &biases,
+                &inputs,
+                &[Some(Op::Tanh), None],
+                &mut out,
+            )
             .unwrap();
         for (j, &node) in out.iter().enumerate() {
             let mut children = weights[3 * j..3 * j + 3].to_vec();
@@ -161,6 +214,7 @@ mod tests {
         arena.set_max_nodes(Some(live + 2));
         // The first neuron and the second one's Dot fit; the second activation does not.
         let err = arena.layer(
+            Recording::PLAIN,
             &[w, w],
             &[b, b],
             &[x],
@@ -171,7 +225,43 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(arena.live_nodes(), live);
         let stale = NodeId { slot: 99, gen: 0 };
-        assert!(arena.layer(&[stale], &[b], &[x], &[None], &mut out).is_err());
+        assert!(arena
+            .layer(Recording::PLAIN, &[stale], &[b], &[x], &[None], &mut out)
+            .is_err());
+        assert_eq!(arena.live_nodes(), live);
+    }
+
+    #[test]
+    fn under_no_grad_or_checks_a_layer_is_its_ops_one_by_one() {
+        let mut arena = Arena::new();
+        let x = arena.leaf(-1.0).unwrap();
+        let w = arena.leaf(2.0).unwrap();
+        let b = arena.leaf(0.5).unwrap();
+        let live = arena.live_nodes();
+        let mut out = Vec::new();
+        let no_grad = Recording {
+            grads: false,
+            check_nan: false,
+        };
+        arena
+            .layer(no_grad, &[w, w], &[b, b], &[x], &[Some(Op::Tanh), None], &mut out)
+            .unwrap();
+        assert_eq!(arena.data(out[0]).unwrap(), (-1.5f64).tanh());
+        assert_eq!(arena.data(out[1]).unwrap(), -1.5);
+        assert!(out.iter().all(|&id| *arena.op(id).unwrap() == Op::Leaf));
+        for id in out.drain(..) {
+            arena.release(id);
+        }
+        // Checked: log of a negative number is a new nan, refused with nothing kept.
+        let checked = Recording {
+            grads: true,
+            check_nan: true,
+        };
+        let err = arena
+            .layer(checked, &[w, w], &[b, b], &[x], &[None, Some(Op::Log)], &mut out)
+            .unwrap_err();
+        assert!(matches!(err, EngineError::NanForward { .. }), "{err}");
+        assert!(out.is_empty());
         assert_eq!(arena.live_nodes(), live);
     }
 }

@@ -27,6 +27,7 @@ mod error;
 mod layer;
 mod node;
 mod order;
+mod recording;
 mod store;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ use error::{out_of_memory, wrong_arity};
 pub use error::{EngineError, Result};
 use node::{Children, Link, Node, Slot};
 pub use node::{NodeId, NodeView};
+pub use recording::Recording;
 use store::KEEP_SLOTS;
 
 #[derive(Debug)]
