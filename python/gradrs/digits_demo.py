@@ -123,7 +123,7 @@ def _logits(model: nn.MLP, x: Sequence[Value | float]) -> list[Value]:
     return [out] if isinstance(out, Value) else out
 
 
-def _minibatches(n: int, size: int, rng: np.random.RandomState) -> Iterator[np.ndarray]:
+def minibatches(n: int, size: int, rng: np.random.RandomState) -> Iterator[np.ndarray]:
     """Indices of ``size`` samples at a time, each epoch a fresh shuffle of all ``n``."""
     while True:
         order = rng.permutation(n)
@@ -160,7 +160,7 @@ def train_digits(
     batch_loss = compile(sample_loss(model))
     optimizer = Adam(model.parameters(), lr=lr)
     targets = one_hot(data.y_train)
-    batches = _minibatches(len(data.X_train), min(batch_size, len(data.X_train)), np.random.RandomState(seed))
+    batches = minibatches(len(data.X_train), min(batch_size, len(data.X_train)), np.random.RandomState(seed))
     result = DigitsResult()
     bar = progress_bar(steps, progress)
     start = time.perf_counter()
