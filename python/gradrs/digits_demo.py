@@ -28,13 +28,17 @@ from gradrs.optim import Adam
 
 __all__ = [
     "DigitsResult",
+    "DigitsSplit",
     "confusion_matrix",
     "make_model",
+    "minibatches",
     "one_hot",
+    "predict",
     "run_digits_demo",
     "sample_loss",
     "split_digits",
     "train_digits",
+    "write_pictures",
 ]
 
 CLASSES = 10
