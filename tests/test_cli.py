@@ -59,7 +59,7 @@ def test_an_existing_file_as_out_is_refused_before_training(a_file):
     result = gradrs("demo", "digits", "--steps", "100000000", "--out", str(a_file), timeout=60)
     assert result.returncode == 2
     assert error_lines(result.stderr) == [
-        f"gradrs demo: error: argument --out: {a_file} is a file, not a folder"
+        f"gradrs demo: error: argument --out: {a_file} exists and is not a folder"
     ]
     assert "usage: gradrs demo" in result.stderr and result.stdout == ""
 

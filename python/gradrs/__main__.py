@@ -59,7 +59,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 def _out_problem(out: Path) -> str | None:
     """Why the pictures cannot be written into ``out`` (creating it if needed), or None."""
     if out.exists() and not out.is_dir():
-        return f"argument --out: {out} is a file, not a folder"
+        return f"argument --out: {out} exists and is not a folder"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
