@@ -21,7 +21,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-WORKLOADS = ["eager", "demo", "chain", "mlp", "memory"]
+WORKLOADS = ["eager", "demo", "chain", "mlp", "memory", "digits"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     if "memory" in only and not quick:
         memory = bench_memory([e for e in engines if e.name in ("gradrs", "micrograd")], steps=10)
     report(timings, memory)
+    if "digits" in only:
+        from digits import bench_digits
+
+        meta["digits"] = bench_digits(50 if quick else 1000, use_torch=not args.no_torch)
     if args.json_path:
         payload = {
             "meta": meta,

@@ -76,14 +76,33 @@ def test_the_gradrs_command_shows_progress(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    progress = [line for line in result.stdout.splitlines() if line.startswith("step ")]
-    assert len(progress) == 10 and progress[-1].startswith("step   20/20 [")
-    assert all(" loss " in line and " accuracy " in line for line in progress)
+    # tqdm's bar, redrawn after carriage returns (text mode reads them as newlines); its last
+    # state is the whole run with the loss
+    bar = [line for line in result.stdout.splitlines() if line.startswith("training:")]
+    assert bar[-1].startswith("training: 100%") and " 20/20 " in bar[-1], bar
+    assert " loss " in bar[-1] and " accuracy " in bar[-1], bar
     assert re.search(r"^accuracy: \d+\.\d%$", result.stdout, re.MULTILINE)
     other_seed = subprocess.run(
         [str(script), "demo", "--steps", "20", "--seed", "8", "--no-plot"], capture_output=True, text=True
     )
     assert other_seed.stdout.splitlines()[-3] != result.stdout.splitlines()[-3]  # final loss differs
+
+
+def test_the_progress_bar_is_tqdms_and_silent_without_a_stream():
+    import io
+
+    from gradrs.demo import progress_bar
+
+    stream = io.StringIO()
+    bar = progress_bar(4, stream)
+    bar.update(4)
+    bar.close()
+    assert type(bar).__module__.startswith("tqdm") and "4/4" in stream.getvalue()
+    quiet = progress_bar(4, None)
+    quiet.update(4)
+    quiet.close()
+    _, result, _ = train(steps=3, seed=1, progress=None)
+    assert len(result.losses) == 3
 
 
 def test_micrograd_trains_the_same_run_to_the_same_numbers():
@@ -111,4 +130,4 @@ def test_no_plot_and_bad_arguments():
     bad = subprocess.run(
         [sys.executable, "-m", "gradrs", "demo", "--steps", "0"], capture_output=True, text=True
     )
-    assert bad.returncode != 0 and "--steps must be positive" in bad.stderr
+    assert bad.returncode == 2 and "argument --steps: must be at least 1, got 0" in bad.stderr

@@ -1,4 +1,5 @@
-"""Toy 2-d datasets, with scikit-learn's algorithms and arguments but only numpy."""
+"""Data sets: toy 2-d ones with scikit-learn's algorithms and arguments but only numpy, and
+scikit-learn's handwritten digits (``load_digits``, which needs the ``gradrs[data]`` extra)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["make_blobs", "make_moons", "make_spirals"]
+__all__ = ["load_digits", "make_blobs", "make_moons", "make_spirals"]
 
 
 def _rng(random_state: Any) -> np.random.RandomState:
@@ -112,4 +113,29 @@ def make_spirals(
     X, y = np.concatenate(xs), np.concatenate(ys)
     if shuffle:
         X, y = _shuffle(rng, X, y)
+    return X, y
+
+
+DATA_EXTRA = "pip install 'gradrs[data]'"
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's handwritten digits: 1,797 images of 8x8 pixels, 10 classes.
+
+    Returns ``X``, a float64 array of shape ``(1797, 64)`` (each row one image read row by row,
+    the pixel intensities 0..16 divided by 16 so that they lie in [0, 1]), and ``y``, an int64
+    array of shape ``(1797,)`` with the digit shown, 0 to 9. ``X[i].reshape(8, 8)`` is the image.
+
+    The data ships inside scikit-learn (nothing is downloaded), which is the optional extra
+    ``gradrs[data]``; without it this raises ImportError saying how to install it.
+    """
+    try:
+        from sklearn.datasets import load_digits as sklearn_load_digits
+    except ImportError as error:
+        raise ImportError(
+            f"gradrs.datasets.load_digits needs scikit-learn, which is not installed: {DATA_EXTRA}"
+        ) from error
+    digits = sklearn_load_digits()
+    X = np.asarray(digits.data, dtype=np.float64) / 16.0
+    y = np.asarray(digits.target, dtype=np.int64)
     return X, y

@@ -22,7 +22,7 @@ from gradrs.bulk import leaves
 from gradrs.datasets import make_moons
 from gradrs.grad_mode import no_grad
 
-__all__ = ["DemoResult", "run_demo", "train", "train_micrograd"]
+__all__ = ["DemoResult", "progress_bar", "run_demo", "train", "train_micrograd"]
 
 
 @dataclass
@@ -82,7 +82,7 @@ def train(
     group = ParamGroup(model.parameters())
     velocity = np.zeros(len(group))
     result = DemoResult()
-    bar = _ProgressBar(steps, progress)
+    bar = progress_bar(steps, progress)
     fast_loss = compiled_loss(model) if compiled else None
     start = time.perf_counter()
     for k in range(steps):
@@ -96,7 +96,8 @@ def train(
         group.sgd_step(learning_rate, 0.0, 0.0, velocity)  # p.data -= learning_rate * p.grad
         result.losses.append(total_loss.data)
         result.accuracies.append(accuracy)
-        bar.update(k + 1, total_loss.data, accuracy)
+        bar.set_postfix_str(f"loss {total_loss.data:.4f} accuracy {100 * accuracy:5.1f}%", refresh=False)
+        bar.update(1)
     result.seconds = time.perf_counter() - start
     bar.close()
     return model, result, (X, y)
@@ -114,7 +115,7 @@ def train_micrograd(steps: int = 100, seed: int = 1337, progress: TextIO | None 
     y = y * 2 - 1
     model = MgMLP(2, [16, 16, 1])
     result = DemoResult()
-    bar = _ProgressBar(steps, progress)
+    bar = progress_bar(steps, progress)
     start = time.perf_counter()
     for k in range(steps):
         inputs = [list(map(MgValue, xrow)) for xrow in X]
@@ -130,7 +131,8 @@ def train_micrograd(steps: int = 100, seed: int = 1337, progress: TextIO | None 
             p.data -= learning_rate * p.grad
         result.losses.append(float(total_loss.data))
         result.accuracies.append(float(accuracy))
-        bar.update(k + 1, float(total_loss.data), float(accuracy))
+        bar.set_postfix_str(f"loss {total_loss.data:.4f} accuracy {100 * accuracy:5.1f}%", refresh=False)
+        bar.update(1)
     result.seconds = time.perf_counter() - start
     bar.close()
     return result
@@ -286,25 +288,22 @@ _MISSING = (
 )
 
 
-class _ProgressBar:
-    """A one-line bar redrawn in place on a terminal, or a line every 10% otherwise."""
+def progress_bar(total: int, stream: TextIO | None) -> Any:
+    """A ``tqdm`` bar over ``total`` training steps, written to ``stream`` (none when it is None).
 
-    def __init__(self, total: int, stream: TextIO | None) -> None:
-        self.total, self.stream = total, stream
-        self.interactive = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
-        self.every = max(1, total // 10)
+    ``tqdm.auto`` shows a widget in a notebook and a bar redrawn in place on a terminal; written
+    to a file or a pipe it is redrawn once a second at most, so a log stays short.
+    """
+    from tqdm.auto import tqdm
 
-    def update(self, step: int, loss: float, accuracy: float) -> None:
-        if self.stream is None:
-            return
-        filled = int(30 * step / self.total)
-        bar = "#" * filled + "." * (30 - filled)
-        line = f"step {step:>4}/{self.total} [{bar}] loss {loss:.4f} accuracy {100 * accuracy:5.1f}%"
-        if self.interactive:
-            print("\r" + line, end="", file=self.stream, flush=True)
-        elif step % self.every == 0 or step == self.total:
-            print(line, file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.stream is not None and self.interactive:
-            print(file=self.stream)
+    interactive = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+    return tqdm(
+        total=total,
+        desc="training",
+        unit="step",
+        file=stream,
+        disable=stream is None,
+        mininterval=0.1 if interactive else 1.0,
+        dynamic_ncols=interactive,
+        ascii=None if interactive else True,
+    )

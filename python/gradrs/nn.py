@@ -304,6 +304,49 @@ class Layer(Module):
         return f"Layer of [{', '.join(str(n) for n in self.neurons)}]"
 
 
+def _import_torch() -> Any:
+    """PyTorch, or ImportError saying how to install it."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "this needs PyTorch, which is not installed: pip install torch "
+            "(the CPU-only wheel: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+        ) from error
+    return torch
+
+
+# gradrs activation name -> the torch.nn module class computing it.
+_TORCH_ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+
+
+def _layer_arrays(layer: Layer, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """A layer's weights (one row per neuron), biases and shared activation, or ValueError."""
+    import numpy as np
+
+    if type(layer) is not Layer:
+        raise ValueError(f"layer {index} is a {type(layer).__name__}, not a gradrs.nn.Layer")
+    neurons = layer.neurons
+    if not neurons:
+        raise ValueError(f"layer {index} has no neurons")
+    if any(type(n) is not Neuron for n in neurons):
+        odd = next(n for n in neurons if type(n) is not Neuron)
+        raise ValueError(f"layer {index} holds a {type(odd).__name__}, which has no torch equivalent")
+    activations = sorted({n.activation for n in neurons})
+    if len(activations) > 1:
+        raise ValueError(
+            f"layer {index} mixes the activations {activations}; a torch Linear layer is followed by one"
+        )
+    sizes = sorted({len(n.w) for n in neurons})
+    if len(sizes) > 1:
+        raise ValueError(f"layer {index} has neurons of {sizes} inputs; a torch Linear layer has one size")
+    weights = np.array([[w.data for w in n.w] for n in neurons], dtype=np.float64).reshape(
+        len(neurons), sizes[0]
+    )
+    biases = np.array([n.b.data for n in neurons], dtype=np.float64)
+    return weights, biases, activations[0]
+
+
 class MLP(Module):
     """A multi-layer perceptron: ``nin`` inputs, then a layer per entry of ``nouts``.
 
@@ -341,6 +384,104 @@ class MLP(Module):
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)
+
+    def to_torch(self) -> Any:
+        """The same network as a ``torch.nn.Sequential`` of float64 ``Linear`` layers, each followed
+        by its activation (``ReLU``, ``Tanh``, ``Sigmoid``; nothing for a linear layer), holding
+        copies of this model's weights: its outputs equal this model's to rounding.
+
+        ValueError for what a ``Sequential`` of ``Linear`` layers cannot hold: a layer whose
+        neurons have different activations or input sizes, a layer whose input size is not the
+        previous layer's output size, or a neuron that is not a ``gradrs.nn.Neuron``. Needs PyTorch
+        (``pip install torch``); ``import gradrs`` never imports it.
+        """
+        import numpy as np
+
+        torch = _import_torch()
+
+        modules: list[Any] = []
+        width: int | None = None
+        for index, layer in enumerate(self.layers):
+            weights, biases, activation = _layer_arrays(layer, index)
+            if width is not None and weights.shape[1] != width:
+                raise ValueError(
+                    f"layer {index} takes {weights.shape[1]} inputs but layer {index - 1} gives {width}; "
+                    "a torch.nn.Sequential needs each layer to feed the next"
+                )
+            width = weights.shape[0]
+            linear = torch.nn.Linear(weights.shape[1], weights.shape[0], dtype=torch.float64)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(weights)))
+                linear.bias.copy_(torch.from_numpy(biases))
+            modules.append(linear)
+            if activation != "linear":
+                modules.append(getattr(torch.nn, _TORCH_ACTIVATIONS[activation])())
+        return torch.nn.Sequential(*modules)
+
+    @classmethod
+    def from_torch(cls, module: Any) -> MLP:
+        """A gradrs model computing what ``module`` computes: a ``torch.nn.Sequential`` of
+        ``Linear`` layers, each followed by at most one ``ReLU``, ``Tanh`` or ``Sigmoid``
+        (``Identity`` is skipped). The weights are copied as float64 numbers; a ``Linear`` without
+        bias gets a bias of 0 (trainable here, as every gradrs neuron's is).
+
+        ValueError naming the module for anything else (other layers, two activations in a row, an
+        activation before the first ``Linear``, sizes that do not chain, an empty ``Sequential``);
+        TypeError when ``module`` is not a ``torch.nn.Sequential``.
+        """
+        import numpy as np
+
+        torch = _import_torch()
+
+        if not isinstance(module, torch.nn.Sequential):
+            raise TypeError(f"from_torch takes a torch.nn.Sequential, got {type(module).__name__}")
+        by_class = {getattr(torch.nn, torch_name): name for name, torch_name in _TORCH_ACTIVATIONS.items()}
+        layers: list[tuple[np.ndarray, np.ndarray, str]] = []
+        for position, child in enumerate(module):
+            kind = type(child)
+            if kind is torch.nn.Identity:
+                continue
+            if kind is torch.nn.Linear:
+                weights = child.weight.detach().to("cpu", torch.float64).numpy()
+                if layers and weights.shape[1] != layers[-1][0].shape[0]:
+                    raise ValueError(
+                        f"module [{position}] {child!r} takes {weights.shape[1]} inputs but the layer "
+                        f"before gives {layers[-1][0].shape[0]}"
+                    )
+                bias = child.bias
+                biases = (
+                    np.zeros(weights.shape[0])
+                    if bias is None
+                    else bias.detach().to("cpu", torch.float64).numpy()
+                )
+                layers.append((weights, biases, "linear"))
+            elif kind in by_class:
+                if not layers or layers[-1][2] != "linear":
+                    where = "before the first Linear" if not layers else "right after another activation"
+                    raise ValueError(
+                        f"module [{position}] {kind.__name__} comes {where}; gradrs applies one per layer"
+                    )
+                weights, biases, _ = layers[-1]
+                layers[-1] = (weights, biases, by_class[kind])
+            else:
+                raise ValueError(
+                    f"module [{position}] {kind.__name__} has no gradrs equivalent; from_torch reads Linear "
+                    f"layers each followed by at most one of {sorted(_TORCH_ACTIVATIONS.values())}"
+                )
+        if not layers:
+            raise ValueError("from_torch needs at least one Linear layer (it gives the input size)")
+        # The weights drawn at construction are all replaced: leave the user's random stream as it was.
+        state = random.getstate()
+        try:
+            model = cls(int(layers[0][0].shape[1]), [int(w.shape[0]) for w, _, _ in layers])
+        finally:
+            random.setstate(state)
+        for layer, (_, _, activation) in zip(model.layers, layers, strict=True):
+            for neuron in layer.neurons:
+                neuron.activation = activation
+        # parameters() order: layer by layer, neuron by neuron, its weights then its bias
+        model.set_parameters_data(np.concatenate([np.column_stack([w, b]).ravel() for w, b, _ in layers]))
+        return model
 
     def __repr__(self) -> str:
         return f"MLP of [{', '.join(str(layer) for layer in self.layers)}]"
