@@ -1,7 +1,7 @@
 """``nn.MLP.to_torch()`` and ``nn.MLP.from_torch()``: the way out to PyTorch and back.
 
 PyTorch is not a test dependency (too big for CI): these tests skip without it. To run them,
-``pip install torch --index-url https://download.pytorch.org/whl/cpu`` into the test venv.
+``pip install torch`` into the test venv (see the README's "The way out to PyTorch").
 """
 
 from __future__ import annotations

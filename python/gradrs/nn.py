@@ -311,7 +311,7 @@ def _import_torch() -> Any:
     except ImportError as error:
         raise ImportError(
             "this needs PyTorch, which is not installed: pip install torch "
-            "(the CPU-only wheel: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+            "(its CPU-only build, described on PyTorch's install page, is much smaller)"
         ) from error
     return torch
 
