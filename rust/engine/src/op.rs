@@ -134,10 +134,7 @@ impl Op {
             Op::Softplus(t) => softplus(x[0], *t),
             Op::Sum => x.iter().fold(0.0, |acc, v| acc + v),
             Op::LogSumExp => logsumexp(x),
-            Op::Dot => {
-                let (w, xs, bias) = split_dot(x);
-                w.iter().zip(xs).fold(bias, |acc, (w, x)| acc + w * x)
-            }
+            Op::Dot => dot_forward(x.len(), |i| x[i]),
             // Not computable from the children alone: the arena is given the value.
             Op::CompiledCall => f64::NAN,
         }
@@ -187,15 +184,20 @@ impl Op {
             Op::Sum => 1.0,
             // The softmax, exp(x_i - out): out >= every x_i, so it never overflows.
             Op::LogSumExp => (x[i] - out).exp(),
+            // One child's share of `dot_backward`, which the backward passes call instead.
             Op::Dot => {
-                let n = x.len() / 2;
-                if i == 2 * n {
-                    1.0 // the bias
-                } else if i < n {
-                    x[n + i]
-                } else {
-                    x[i - n]
-                }
+                let mut local = 0.0;
+                dot_backward(
+                    x.len(),
+                    |k| x[k],
+                    1.0,
+                    |k, d| {
+                        if k == i {
+                            local = d;
+                        }
+                    },
+                );
+                local
             }
             // Stored with the node by the arena, which uses those instead.
             Op::CompiledCall => f64::NAN,
@@ -352,11 +354,42 @@ fn pow_exponent_grad(a: f64, e: f64, out: f64) -> f64 {
     }
 }
 
-/// Splits a `Dot` node's inputs into weights, inputs and the bias (0 if none).
-fn split_dot(x: &[f64]) -> (&[f64], &[f64], f64) {
-    let n = x.len() / 2;
-    let bias = if x.len() % 2 == 1 { x[2 * n] } else { 0.0 };
-    (&x[..n], &x[n..2 * n], bias)
+/// `Op::Dot`'s children `[w0.., x0.., bias?]`: how many products, and whether the last child is
+/// a bias. Every interpreter of `Dot` (the arena, a compiled call, a compiled batch) reads its
+/// children through this and the two rules below.
+#[inline(always)]
+pub fn dot_shape(n_children: usize) -> (usize, bool) {
+    (n_children / 2, n_children % 2 == 1)
+}
+
+/// `Op::Dot`'s forward rule, with child `i`'s value read by `value(i)`: `bias + w0*x0 + w1*x1 +
+/// ...`, the bias first, as micrograd's `sum((wi*xi for ...), self.b)` adds it.
+#[inline(always)]
+pub fn dot_forward(n_children: usize, value: impl Fn(usize) -> f64) -> f64 {
+    let (n, bias) = dot_shape(n_children);
+    let start = if bias { value(2 * n) } else { 0.0 };
+    (0..n).fold(start, |acc, i| acc + value(i) * value(n + i))
+}
+
+/// `Op::Dot`'s local derivatives times `g`, handed to `add(child, amount)` in child order:
+/// d/dw_i = x_i, d/dx_i = w_i, d/dbias = 1.
+#[inline(always)]
+pub fn dot_backward(
+    n_children: usize,
+    value: impl Fn(usize) -> f64,
+    g: f64,
+    mut add: impl FnMut(usize, f64),
+) {
+    let (n, bias) = dot_shape(n_children);
+    for i in 0..n {
+        add(i, value(n + i) * g);
+    }
+    for i in 0..n {
+        add(n + i, value(i) * g);
+    }
+    if bias {
+        add(2 * n, g);
+    }
 }
 
 /// Formats a number as Python prints it: integral values as an int (`**2`, as micrograd

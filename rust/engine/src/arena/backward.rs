@@ -5,7 +5,7 @@ use super::error::{nan_gradient, out_of_memory, Result};
 use super::node::{Children, Node, NodeId};
 use super::order::{start_walk, walk_post_order, DEAD};
 use super::{Arena, EngineError};
-use crate::op::Op;
+use crate::op::{dot_backward, Op};
 
 /// A backward pass in progress: [`Arena::begin_backward`] starts it and
 /// [`Arena::backward_step`] advances it a bounded amount of work at a time.
@@ -409,17 +409,28 @@ impl Arena {
             _ => None,
         };
         let mut result = Ok(());
-        for (i, &child) in children.iter().enumerate() {
-            let local = match &stored {
-                Some(partials) => partials[i],
-                None => op.local_grad(x, out, i),
-            };
-            let amount = local * g;
+        let mut give = |arena: &mut Self, i: usize, amount: f64| {
+            if result.is_err() {
+                return;
+            }
             if stop_at_nan && amount.is_nan() {
                 result = Err(nan_gradient(op, x, g));
-                break;
+                return;
             }
-            self.add_to_grad(child, amount, pass);
+            arena.add_to_grad(children[i], amount, pass);
+        };
+        match (op, &stored) {
+            (Op::Dot, _) => dot_backward(children.len(), |i| x[i], g, |i, amount| give(self, i, amount)),
+            (_, Some(partials)) => {
+                for (i, &local) in partials.iter().enumerate() {
+                    give(self, i, local * g);
+                }
+            }
+            _ => {
+                for i in 0..children.len() {
+                    give(self, i, op.local_grad(x, out, i) * g);
+                }
+            }
         }
         self.lists[list as usize] = children;
         if let (Some(partials), Some(entry)) = (stored, self.partials.get_mut(&slot)) {

@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use super::{product, try_vec, try_zeros, Program, Replay, ReplayError};
-use crate::op::Op;
+use crate::op::{dot_shape, Op};
 
 /// A chunk of rows evaluated together: every input and instruction register holds one number
 /// per row, side by side, so each instruction runs as a tight loop over the rows instead of once
@@ -102,14 +102,16 @@ impl<'p> Block<'p> {
         for (k, instr) in program.instrs.iter().enumerate() {
             let args = program.arg_slice(instr);
             match (instr.op, args) {
+                // `op::dot_forward` laid over the rows, a column of products at a time, in its
+                // order (the bias first), so each row's sum is the one a single call makes.
                 (Op::Dot, _) => {
-                    let n = args.len() / 2;
-                    match args.len() % 2 {
-                        1 => {
+                    let (n, bias) = dot_shape(args.len());
+                    match bias {
+                        true => {
                             let bias = self.column(args[2 * n]);
                             out.iter_mut().enumerate().for_each(|(j, o)| *o = bias.at(j));
                         }
-                        _ => out.fill(0.0),
+                        false => out.fill(0.0),
                     }
                     for i in 0..n {
                         match (self.column(args[i]), self.column(args[n + i])) {
@@ -214,28 +216,27 @@ impl<'p> Block<'p> {
             let out = &self.registers[at..at + r];
             let args = program.arg_slice(instr);
             match (instr.op, args) {
+                // `op::dot_backward` laid over the rows, in its order: each weight's share
+                // (d/dw_i = x_i), then each input's (d/dx_i = w_i), then the bias's.
                 (Op::Dot, _) => {
-                    let n = args.len() / 2;
-                    for i in 0..n {
-                        match (self.place(args[i]), self.place(args[n + i])) {
-                            (Place::Param(p), Place::Row(xa)) => {
-                                let x = &self.registers[xa..xa + r];
-                                of_params[p] += dot_of(x, &g);
-                                let w = self.params[p];
-                                for (a, g) in adjoint[xa..xa + r].iter_mut().zip(&g) {
+                    let (n, bias) = dot_shape(args.len());
+                    let shares = (0..n).map(|i| (i, n + i)).chain((0..n).map(|i| (n + i, i)));
+                    for (to, other) in shares {
+                        match (self.place(args[to]), self.column(args[other])) {
+                            (Place::Param(p), Column::Row(xs)) => of_params[p] += dot_of(xs, &g),
+                            (Place::Row(at), Column::Param(w)) => {
+                                for (a, g) in adjoint[at..at + r].iter_mut().zip(&g) {
                                     *a += w * g;
                                 }
                             }
-                            (wp, xp) => {
-                                let (w, xs) = (self.column(args[i]), self.column(args[n + i]));
+                            (place, other) => {
                                 for (j, &gj) in g.iter().enumerate() {
-                                    accumulate(wp, j, xs.at(j) * gj, adjoint, of_params);
-                                    accumulate(xp, j, w.at(j) * gj, adjoint, of_params);
+                                    accumulate(place, j, other.at(j) * gj, adjoint, of_params);
                                 }
                             }
                         }
                     }
-                    if args.len() % 2 == 1 {
+                    if bias {
                         match self.place(args[2 * n]) {
                             Place::Param(p) => of_params[p] += sum_of(&g),
                             Place::Row(to) => {

@@ -2,7 +2,7 @@
 
 use super::{ensure_room, product, try_vec, Output, Program, Replay};
 use crate::arena::EngineError;
-use crate::op::Op;
+use crate::op::{self, Op};
 
 impl Program {
     /// Evaluates every register from `inputs` and `params`.
@@ -124,31 +124,20 @@ impl Program {
     }
 }
 
-/// `Op::Dot`'s forward rule (bias first, then each product, as in `op.rs`) read straight from
-/// the registers: neurons are most of a network's tape, and this skips gathering their inputs.
+/// `Op::Dot`'s forward rule read straight from the registers: neurons are most of a network's
+/// tape, and this skips gathering their inputs.
 fn dot_forward(args: &[u32], registers: &[f64]) -> f64 {
-    let n = args.len() / 2;
-    let bias = if args.len() % 2 == 1 {
-        registers[args[2 * n] as usize]
-    } else {
-        0.0
-    };
-    (0..n).fold(bias, |acc, i| {
-        acc + registers[args[i] as usize] * registers[args[n + i] as usize]
-    })
+    op::dot_forward(args.len(), |i| registers[args[i] as usize])
 }
 
-/// `Op::Dot`'s local derivatives (d/dw_i = x_i, d/dx_i = w_i, d/dbias = 1) times `g`.
+/// `Op::Dot`'s local derivatives times `g`, added straight into the registers' adjoints.
 fn dot_backward(args: &[u32], registers: &[f64], adjoint: &mut [f64], g: f64) {
-    let n = args.len() / 2;
-    for i in 0..n {
-        let (w, x) = (args[i] as usize, args[n + i] as usize);
-        adjoint[w] += registers[x] * g;
-        adjoint[x] += registers[w] * g;
-    }
-    if args.len() % 2 == 1 {
-        adjoint[args[2 * n] as usize] += g;
-    }
+    op::dot_backward(
+        args.len(),
+        |i| registers[args[i] as usize],
+        g,
+        |i, amount| adjoint[args[i] as usize] += amount,
+    );
 }
 
 #[cfg(test)]
