@@ -33,6 +33,13 @@ mod _core {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        // rust-numpy finds NumPy's C API on first use and panics if that fails; finding it runs
+        // Python code (NumPy's version check), so a Ctrl-C arriving then became a Rust panic in
+        // the middle of training. Found here instead, a failure is this import's exception, and
+        // afterwards the lookup runs no Python code.
+        let py = m.py();
+        numpy::get_array_module(py)?;
+        drop(numpy::PyArray1::<f64>::zeros(py, 0, false));
         crate::value::apply_max_nodes_from_env()?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))
     }

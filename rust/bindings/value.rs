@@ -288,13 +288,13 @@ impl PyValue {
     /// The op that produced this Value, as micrograd spells it ('' for a leaf).
     #[getter]
     fn _op(&self) -> PyResult<String> {
-        Ok(ARENA.lock().op(self.id).map_err(engine_error)?.symbol())
+        Ok(ARENA.lock().kind(self.id).map_err(engine_error)?.symbol())
     }
 
     /// The op with any constant it holds (`'+ 2'`, `'/'`), for pictures.
     #[getter]
     fn _op_detail(&self) -> PyResult<String> {
-        Ok(ARENA.lock().op(self.id).map_err(engine_error)?.describe())
+        Ok(ARENA.lock().kind(self.id).map_err(engine_error)?.describe())
     }
 
     /// The Values this one was computed from, as a set (as in micrograd).

@@ -3,7 +3,11 @@
 //!
 //! Adding an op means: a variant here, an arm in each `match` below (the compiler
 //! points at every one, as none has a catch-all), one line in the Python binding
-//! (`rust/bindings/value.rs`), one line in the type stub, and a test case.
+//! (`rust/bindings/value.rs`), one line in the type stub, and a test case (a golden
+//! case in `tests/data/make_golden.py` when PyTorch has the op). The arena, its
+//! backward pass and the compiled interpreters read every op through this table and
+//! need nothing. What is not an op, a leaf or a compiled call's result, is a kind of
+//! node (`arena::Kind`), not a row of this table.
 //!
 //! Floating point follows IEEE-754 the way PyTorch's float64 kernels do: results
 //! overflow to `inf` or become `nan` rather than raising, and the special cases
@@ -15,8 +19,6 @@
 /// inside the op (`AddScalar(2.0)`), so `x + 2` is one node, not two.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Op {
-    /// A value created by the user (a parameter or an input); it has no children.
-    Leaf,
     Add,
     Sub,
     Mul,
@@ -56,16 +58,11 @@ pub enum Op {
     /// child count means the last child is a bias added first, as micrograd's
     /// `sum((wi*xi for ...), self.b)` does.
     Dot,
-    /// The result of a recorded program replayed as one step (`gradrs.compile`):
-    /// its value and its partial derivatives with respect to each child were
-    /// computed by the program, and the arena stores them with the node.
-    CompiledCall,
 }
 
 /// How many children an op takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arity {
-    Zero,
     One,
     Two,
     /// Any number (`Sum`, `LogSumExp`, `Dot`).
@@ -75,7 +72,6 @@ pub enum Arity {
 impl Op {
     pub fn arity(&self) -> Arity {
         match self {
-            Op::Leaf => Arity::Zero,
             Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow => Arity::Two,
             Op::Neg
             | Op::AddScalar(_)
@@ -91,14 +87,13 @@ impl Op {
             | Op::Log
             | Op::Sigmoid
             | Op::Softplus(_) => Arity::One,
-            Op::Sum | Op::LogSumExp | Op::Dot | Op::CompiledCall => Arity::Many,
+            Op::Sum | Op::LogSumExp | Op::Dot => Arity::Many,
         }
     }
 
     /// Whether `n` children suit this op.
     pub fn accepts(&self, n: usize) -> bool {
         match self.arity() {
-            Arity::Zero => n == 0,
             Arity::One => n == 1,
             Arity::Two => n == 2,
             Arity::Many => match self {
@@ -112,7 +107,6 @@ impl Op {
     #[inline(always)]
     pub fn forward(&self, x: &[f64]) -> f64 {
         match self {
-            Op::Leaf => f64::NAN,
             Op::Add => x[0] + x[1],
             Op::Sub => x[0] - x[1],
             Op::Mul => x[0] * x[1],
@@ -135,8 +129,6 @@ impl Op {
             Op::Sum => x.iter().fold(0.0, |acc, v| acc + v),
             Op::LogSumExp => logsumexp(x),
             Op::Dot => dot_forward(x.len(), |i| x[i]),
-            // Not computable from the children alone: the arena is given the value.
-            Op::CompiledCall => f64::NAN,
         }
     }
 
@@ -145,7 +137,6 @@ impl Op {
     #[inline(always)]
     pub fn local_grad(&self, x: &[f64], out: f64, i: usize) -> f64 {
         match self {
-            Op::Leaf => 0.0,
             Op::Add => 1.0,
             Op::Sub => [1.0, -1.0][i],
             Op::Mul => x[1 - i],
@@ -199,8 +190,6 @@ impl Op {
                 );
                 local
             }
-            // Stored with the node by the arena, which uses those instead.
-            Op::CompiledCall => f64::NAN,
         }
     }
 
@@ -208,13 +197,11 @@ impl Op {
     /// negation from `+`, `*` and `**`, so those report the op at their top.
     pub fn symbol(&self) -> String {
         match self {
-            Op::Leaf => String::new(),
             // A neuron's `sum((wi*xi ...), b)` ends with an addition in micrograd.
             Op::Add | Op::AddScalar(_) | Op::Sub | Op::ScalarSub(_) | Op::Sum | Op::Dot => "+".into(),
             Op::Mul | Op::MulScalar(_) | Op::Div | Op::DivScalar(_) | Op::ScalarDiv(_) | Op::Neg => {
                 "*".into()
             }
-            Op::CompiledCall => "compiled".into(),
             Op::Pow | Op::ScalarPow(_) => "**".into(),
             Op::PowScalar(e) => format!("**{}", format_number(*e)),
             Op::Relu => "ReLU".into(),
@@ -231,7 +218,6 @@ impl Op {
     /// operation and any constant it holds (`- 2`, `/`, `dot`).
     pub fn describe(&self) -> String {
         match self {
-            Op::Leaf => "leaf".into(),
             Op::Add => "+".into(),
             Op::Sub => "-".into(),
             Op::Mul => "*".into(),
@@ -255,7 +241,6 @@ impl Op {
             Op::Sum => "sum".into(),
             Op::LogSumExp => "logsumexp".into(),
             Op::Dot => "dot".into(),
-            Op::CompiledCall => "compiled".into(),
         }
     }
 }
@@ -571,7 +556,6 @@ mod tests {
         assert_eq!(Op::PowScalar(-1.0).symbol(), "**-1");
         assert_eq!(Op::PowScalar(0.5).symbol(), "**0.5");
         assert_eq!(Op::Relu.symbol(), "ReLU");
-        assert_eq!(Op::Leaf.symbol(), "");
         assert_eq!(Op::Dot.symbol(), "+");
         assert_eq!(Op::Softplus(20.0).symbol(), "softplus");
         assert_eq!(Op::Softplus(20.0).describe(), "softplus");

@@ -79,7 +79,8 @@ fn binary(k: u8) -> Op {
 /// The model of one node: created in order, so reverse creation order is topological.
 struct ModelNode {
     id: NodeId,
-    op: Op,
+    /// None for a leaf.
+    op: Option<Op>,
     children: Vec<usize>,
     data: f64,
     grad: f64,
@@ -105,22 +106,22 @@ impl Model {
     fn backward(&mut self, root: usize) {
         let reach = self.reachable(std::iter::once(root));
         for &n in &reach {
-            if self.nodes[n].op != Op::Leaf {
+            if self.nodes[n].op.is_some() {
                 self.nodes[n].grad = 0.0;
             }
         }
         self.nodes[root].grad += 1.0;
         for &n in reach.iter().rev() {
             let node = &self.nodes[n];
-            if node.op == Op::Leaf {
-                continue;
-            }
+            let Some(op) = node.op else {
+                continue; // a leaf
+            };
             let x: Vec<f64> = node.children.iter().map(|&c| self.nodes[c].data).collect();
             let amounts: Vec<(usize, f64)> = node
                 .children
                 .iter()
                 .enumerate()
-                .map(|(i, &c)| (c, node.op.local_grad(&x, node.data, i) * node.grad))
+                .map(|(i, &c)| (c, op.local_grad(&x, node.data, i) * node.grad))
                 .collect();
             for (c, amount) in amounts {
                 self.nodes[c].grad += amount;
@@ -152,7 +153,7 @@ fn run(actions: Vec<Action>, keep_slots: usize) -> Result<(), TestCaseError> {
                 let id = arena.leaf(x).unwrap();
                 model.nodes.push(ModelNode {
                     id,
-                    op: Op::Leaf,
+                    op: None,
                     children: vec![],
                     data: x,
                     grad: 0.0,
@@ -211,7 +212,7 @@ fn run(actions: Vec<Action>, keep_slots: usize) -> Result<(), TestCaseError> {
             }
             Action::SetData(i, x) => {
                 if let Some(n) = pick(&model, i) {
-                    if model.nodes[n].op == Op::Leaf {
+                    if model.nodes[n].op.is_none() {
                         arena.set_data(model.nodes[n].id, x).unwrap();
                         model.nodes[n].data = x;
                     }
@@ -248,7 +249,7 @@ fn push_op(arena: &mut Arena, model: &mut Model, op: Op, children: Vec<usize>) -
     prop_assert!(same(arena.data(id).unwrap(), data, 1.0));
     model.nodes.push(ModelNode {
         id,
-        op,
+        op: Some(op),
         children,
         data,
         grad: 0.0,

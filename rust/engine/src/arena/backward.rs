@@ -2,7 +2,7 @@
 //! and the lecture's single step.
 
 use super::error::{nan_gradient, out_of_memory, Result};
-use super::node::{Children, Node, NodeId};
+use super::node::{Children, Kind, Node, NodeId};
 use super::order::{start_walk, walk_post_order, DEAD};
 use super::{Arena, EngineError};
 use crate::op::{dot_backward, Op};
@@ -292,7 +292,7 @@ impl Arena {
         };
         for slot in below {
             let at = slot as usize;
-            if self.links[at].mark != pass && !matches!(self.nodes[at].op, Op::Leaf) {
+            if self.links[at].mark != pass && !matches!(self.nodes[at].kind, Kind::Leaf) {
                 self.nodes[at].grad = 0.0;
             }
         }
@@ -310,14 +310,24 @@ impl Arena {
         pass: u32,
     ) -> Result<usize> {
         let node = &self.nodes[slot as usize];
-        let (op, g, out) = (node.op, node.grad, node.data);
-        match self.links[slot as usize].children {
-            Children::None => Ok(0),
+        let (kind, g, out) = (node.kind, node.grad, node.data);
+        let children = self.links[slot as usize].children;
+        // Only an op has one or two children: leaves have none, compiled calls a list.
+        let (Kind::Op(op), Children::One(_) | Children::Two(..)) = (kind, children) else {
+            return match children {
+                Children::Many(list) => {
+                    self.backward_many(slot, list, x, stop_at_nan, pass)?;
+                    Ok(x.len())
+                }
+                _ => Ok(0),
+            };
+        };
+        match children {
             Children::One(a) => {
                 let x = [self.nodes[a as usize].data];
                 let da = op.local_grad(&x, out, 0) * g;
                 if stop_at_nan && da.is_nan() {
-                    Err(nan_gradient(op, &x, g))
+                    Err(nan_gradient(kind, &x, g))
                 } else {
                     self.add_to_grad(a, da, pass);
                     Ok(0)
@@ -328,17 +338,14 @@ impl Arena {
                 let da = op.local_grad(&x, out, 0) * g;
                 let db = op.local_grad(&x, out, 1) * g;
                 if stop_at_nan && (da.is_nan() || db.is_nan()) {
-                    Err(nan_gradient(op, &x, g))
+                    Err(nan_gradient(kind, &x, g))
                 } else {
                     self.add_to_grad(a, da, pass);
                     self.add_to_grad(b, db, pass);
                     Ok(0)
                 }
             }
-            Children::Many(list) => {
-                self.backward_many(slot, list, x, stop_at_nan, pass)?;
-                Ok(x.len())
-            }
+            Children::None | Children::Many(_) => Ok(0),
         }
     }
 
@@ -349,15 +356,26 @@ impl Arena {
         let Node {
             data: out,
             grad: g,
-            op,
+            kind,
         } = *self.check(id)?;
         let children = self.child_slots(self.links[id.slot as usize].children);
         let x: Vec<f64> = children.iter().map(|&c| self.nodes[c as usize].data).collect();
-        for (i, &child) in children.iter().enumerate() {
-            let local = match op {
-                Op::CompiledCall => self.partials.get(&id.slot).map_or(f64::NAN, |p| p[i]),
-                _ => op.local_grad(&x, out, i),
-            };
+        let mut locals = vec![f64::NAN; children.len()];
+        match kind {
+            Kind::Op(Op::Dot) => dot_backward(children.len(), |i| x[i], 1.0, |i, d| locals[i] = d),
+            Kind::Op(op) => {
+                for (i, local) in locals.iter_mut().enumerate() {
+                    *local = op.local_grad(&x, out, i);
+                }
+            }
+            Kind::CompiledCall => {
+                if let Some(partials) = self.partials.get(&id.slot) {
+                    locals.copy_from_slice(partials);
+                }
+            }
+            Kind::Leaf => {}
+        }
+        for (&child, local) in children.iter().zip(locals) {
             self.nodes[child as usize].grad += local * g;
         }
         Ok(())
@@ -374,7 +392,7 @@ impl Arena {
         let link = &mut self.links[at];
         if link.mark != pass {
             link.mark = pass;
-            if !matches!(node.op, Op::Leaf) {
+            if !matches!(node.kind, Kind::Leaf) {
                 node.grad = 0.0;
             }
         }
@@ -393,7 +411,7 @@ impl Arena {
         let Node {
             data: out,
             grad: g,
-            op,
+            kind,
         } = self.nodes[slot as usize];
         let children = std::mem::take(&mut self.lists[list as usize]);
         x.clear();
@@ -404,8 +422,8 @@ impl Arena {
         }
         x.extend(children.iter().map(|&c| self.nodes[c as usize].data));
         // Borrowed out of the map for the loop (an empty box takes its place), not copied.
-        let stored = match op {
-            Op::CompiledCall => self.partials.get_mut(&slot).map(std::mem::take),
+        let stored = match kind {
+            Kind::CompiledCall => self.partials.get_mut(&slot).map(std::mem::take),
             _ => None,
         };
         let mut result = Ok(());
@@ -414,21 +432,30 @@ impl Arena {
                 return;
             }
             if stop_at_nan && amount.is_nan() {
-                result = Err(nan_gradient(op, x, g));
+                result = Err(nan_gradient(kind, x, g));
                 return;
             }
             arena.add_to_grad(children[i], amount, pass);
         };
-        match (op, &stored) {
-            (Op::Dot, _) => dot_backward(children.len(), |i| x[i], g, |i, amount| give(self, i, amount)),
+        match (kind, &stored) {
+            (Kind::Op(Op::Dot), _) => {
+                dot_backward(children.len(), |i| x[i], g, |i, amount| give(self, i, amount))
+            }
+            (Kind::Op(op), _) => {
+                for i in 0..children.len() {
+                    give(self, i, op.local_grad(x, out, i) * g);
+                }
+            }
             (_, Some(partials)) => {
                 for (i, &local) in partials.iter().enumerate() {
                     give(self, i, local * g);
                 }
             }
+            // A compiled call keeps its partials from its making to its freeing, so this is never
+            // reached; were it, nan (which anomaly detection names) beats a silent zero.
             _ => {
                 for i in 0..children.len() {
-                    give(self, i, op.local_grad(x, out, i) * g);
+                    give(self, i, f64::NAN);
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::node::NodeId;
+use super::node::{Kind, NodeId};
 use crate::op::Op;
 
 /// What can go wrong when using the arena. None of these can be caused by a
@@ -95,9 +95,9 @@ impl std::error::Error for EngineError {}
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 #[cold]
-pub(crate) fn nan_gradient(op: Op, inputs: &[f64], upstream: f64) -> EngineError {
+pub(crate) fn nan_gradient(kind: Kind, inputs: &[f64], upstream: f64) -> EngineError {
     EngineError::NanGradient {
-        op: op.describe(),
+        op: kind.describe(),
         inputs: inputs.to_vec(),
         upstream,
     }

@@ -5,7 +5,7 @@
 //! the layer instead of once per neuron.
 
 use super::error::{out_of_memory, EngineError, Result};
-use super::node::{Children, NodeId};
+use super::node::{Children, Kind, NodeId};
 use super::{Arena, Recording};
 use crate::op::Op;
 
@@ -143,7 +143,7 @@ impl Arena {
             (Some(a), Some(b)) => Some(self.earlier(a, b)),
             (a, b) => a.or(b),
         };
-        let pre = self.place(data, Op::Dot, Children::Many(list), earliest);
+        let pre = self.place(data, Kind::Op(Op::Dot), Children::Many(list), earliest);
         let Some(op) = activation else {
             return Ok(pre);
         };
@@ -248,7 +248,7 @@ mod tests {
             .unwrap();
         assert_eq!(arena.data(out[0]).unwrap(), (-1.5f64).tanh());
         assert_eq!(arena.data(out[1]).unwrap(), -1.5);
-        assert!(out.iter().all(|&id| *arena.op(id).unwrap() == Op::Leaf));
+        assert!(out.iter().all(|&id| *arena.kind(id).unwrap() == Kind::Leaf));
         for id in out.drain(..) {
             arena.release(id);
         }

@@ -37,7 +37,7 @@ pub use backward::{BackwardPass, Traversal};
 use error::{out_of_memory, wrong_arity};
 pub use error::{EngineError, Result};
 use node::{Children, Link, Node, Slot};
-pub use node::{NodeId, NodeView};
+pub use node::{Kind, NodeId, NodeView};
 pub use recording::Recording;
 use store::KEEP_SLOTS;
 
@@ -59,7 +59,7 @@ pub struct Arena {
     live: usize,
     epoch: u32,
     labels: BTreeMap<u32, String>,
-    /// The partial derivatives of `Op::CompiledCall` nodes, by slot.
+    /// The partial derivatives of `Kind::CompiledCall` nodes, by slot.
     partials: BTreeMap<u32, Box<[f64]>>,
     /// Reused buffers, so that the hot paths do not allocate.
     inputs: Vec<f64>,
@@ -126,7 +126,7 @@ impl Arena {
     /// A new leaf holding `data`, with one reference owned by the caller.
     pub fn leaf(&mut self, data: f64) -> Result<NodeId> {
         self.reserve_node(false)?;
-        Ok(self.alloc(data, Op::Leaf, Children::None))
+        Ok(self.alloc(data, Kind::Leaf, Children::None))
     }
 
     /// Applies `op` to `children`, computing the value now. The new node holds one
@@ -138,7 +138,7 @@ impl Arena {
         for c in children {
             self.slots[c.slot as usize].refs += 1;
         }
-        Ok(self.alloc(data, op, links))
+        Ok(self.alloc(data, Kind::Op(op), links))
     }
 
     /// `op(a)` without allocating for the child list.
@@ -150,7 +150,7 @@ impl Arena {
         let data = op.forward(&[x]);
         self.reserve_node(false)?;
         self.slots[a.slot as usize].refs += 1;
-        Ok(self.alloc(data, op, Children::One(a.slot)))
+        Ok(self.alloc(data, Kind::Op(op), Children::One(a.slot)))
     }
 
     /// `op(a, b)` without allocating for the child list.
@@ -164,11 +164,11 @@ impl Arena {
         self.reserve_node(false)?;
         self.slots[a.slot as usize].refs += 1;
         self.slots[b.slot as usize].refs += 1;
-        Ok(self.alloc(data, op, Children::Two(a.slot, b.slot)))
+        Ok(self.alloc(data, Kind::Op(op), Children::Two(a.slot, b.slot)))
     }
 
     /// A node whose value and partial derivatives (one per child) were computed
-    /// elsewhere, by a compiled call (`Op::CompiledCall`: a recorded program replayed as one step).
+    /// elsewhere, by a compiled call (`Kind::CompiledCall`: a recorded program replayed as one step).
     pub fn compiled_call(&mut self, value: f64, children: &[NodeId], partials: Vec<f64>) -> Result<NodeId> {
         if partials.len() != children.len() {
             return Err(EngineError::LengthMismatch {
@@ -184,7 +184,7 @@ impl Arena {
         for c in children {
             self.slots[c.slot as usize].refs += 1;
         }
-        let id = self.alloc(value, Op::CompiledCall, Children::Many(list));
+        let id = self.alloc(value, Kind::CompiledCall, Children::Many(list));
         self.partials.insert(id.slot, partials.into());
         Ok(id)
     }
@@ -265,7 +265,7 @@ impl Arena {
         Ok(NodeView {
             data: node.data,
             grad: node.grad,
-            op: &node.op,
+            kind: &node.kind,
         })
     }
 
@@ -325,8 +325,9 @@ impl Arena {
         ids.iter().try_for_each(|&id| self.check(id).map(|_| ()))
     }
 
-    pub fn op(&self, id: NodeId) -> Result<&Op> {
-        Ok(&self.check(id)?.op)
+    /// What made the node: nothing (a leaf), an op, or a compiled call.
+    pub fn kind(&self, id: NodeId) -> Result<&Kind> {
+        Ok(&self.check(id)?.kind)
     }
 
     /// The children of a node, in order, as handles (not retained: the caller
@@ -386,7 +387,7 @@ pub(crate) mod tests {
         let y = arena.apply1(Op::MulScalar(3.0), out).unwrap();
         arena.backward(y).unwrap();
         assert_eq!((arena.grad(w).unwrap(), arena.grad(x).unwrap()), (15.0, 6.0));
-        assert_eq!(arena.op(out).unwrap().symbol(), "compiled");
+        assert_eq!(arena.kind(out).unwrap().symbol(), "compiled");
         assert!(arena.compiled_call(1.0, &[w], vec![]).is_err());
         arena.release(y);
         arena.release(out);

@@ -49,13 +49,46 @@ pub(crate) struct Link {
 // and freeing a node read its reference count and generation (`slots`). One 64-byte record per
 // node made a walk over a graph that had just left the caches load a whole line per node, twice.
 
-/// A node's value, gradient and op.
+/// What made a node.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    /// Nothing: a value the user made (a parameter or an input), or a result under `no_grad`.
+    Leaf,
+    /// An op of the op table, applied to the node's children.
+    Op(Op),
+    /// A recorded program replayed as one step (`gradrs.compile`): its value and its partial
+    /// derivatives with respect to each child were computed by the program, and the arena keeps
+    /// them with the node.
+    CompiledCall,
+}
+
+impl Kind {
+    /// The op string micrograd's `Value._op` gives: `''` for a leaf.
+    pub fn symbol(&self) -> String {
+        match self {
+            Kind::Leaf => String::new(),
+            Kind::Op(op) => op.symbol(),
+            Kind::CompiledCall => "compiled".into(),
+        }
+    }
+
+    /// A fuller description for pictures and error messages (see [`Op::describe`]).
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Leaf => "leaf".into(),
+            Kind::Op(op) => op.describe(),
+            Kind::CompiledCall => "compiled".into(),
+        }
+    }
+}
+
+/// A node's value, gradient and what made it.
 #[derive(Clone, Copy, Debug)]
 #[repr(align(32))]
 pub(crate) struct Node {
     pub(crate) data: f64,
     pub(crate) grad: f64,
-    pub(crate) op: Op,
+    pub(crate) kind: Kind,
 }
 
 const _: () = assert!(std::mem::size_of::<Node>() == 32);
@@ -66,7 +99,7 @@ impl Node {
     pub(crate) const VACANT: Node = Node {
         data: 0.0,
         grad: 0.0,
-        op: Op::Leaf,
+        kind: Kind::Leaf,
     };
 }
 
@@ -90,5 +123,5 @@ pub(crate) struct Slot {
 pub struct NodeView<'a> {
     pub data: f64,
     pub grad: f64,
-    pub op: &'a Op,
+    pub kind: &'a Kind,
 }

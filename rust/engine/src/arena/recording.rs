@@ -83,6 +83,7 @@ impl Arena {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arena::Kind;
 
     #[test]
     fn without_grads_an_op_gives_a_leaf_with_its_value() {
@@ -94,11 +95,14 @@ mod tests {
         };
         let y = arena.apply_as(how, Op::Mul, &[a, a]).unwrap();
         assert_eq!(arena.data(y).unwrap(), 4.0);
-        assert_eq!(*arena.op(y).unwrap(), Op::Leaf);
+        assert_eq!(*arena.kind(y).unwrap(), Kind::Leaf);
         arena.backward(y).unwrap();
         assert_eq!(arena.grad(a).unwrap(), 0.0);
         let z = arena.compiled_call_as(how, 7.0, &[a], vec![1.0]).unwrap();
-        assert_eq!((arena.data(z).unwrap(), *arena.op(z).unwrap()), (7.0, Op::Leaf));
+        assert_eq!(
+            (arena.data(z).unwrap(), *arena.kind(z).unwrap()),
+            (7.0, Kind::Leaf)
+        );
     }
 
     #[test]

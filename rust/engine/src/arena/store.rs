@@ -2,10 +2,9 @@
 //! cutting the arrays back when most of the arena is free.
 
 use super::error::{out_of_memory, Result};
-use super::node::{Children, Link, Node, NodeId, Slot};
+use super::node::{Children, Kind, Link, Node, NodeId, Slot};
 use super::order::DEAD;
 use super::{Arena, EngineError};
-use crate::op::Op;
 
 /// Slot arrays up to this long are never cut back, so a training loop whose graph fits rebuilds
 /// it in the same memory every step; beyond it, freeing most of the arena returns the storage to
@@ -95,7 +94,7 @@ impl Arena {
     }
 
     /// Makes a node in room `reserve_node` made.
-    pub(super) fn alloc(&mut self, data: f64, op: Op, children: Children) -> NodeId {
+    pub(super) fn alloc(&mut self, data: f64, kind: Kind, children: Children) -> NodeId {
         let earliest_below = match children {
             Children::None => None,
             Children::One(a) => Some(self.slots[a as usize].earliest_below),
@@ -105,7 +104,7 @@ impl Arena {
             )),
             Children::Many(list) => self.earliest_below_all(&self.lists[list as usize]),
         };
-        self.place(data, op, children, earliest_below)
+        self.place(data, kind, children, earliest_below)
     }
 
     /// Of two slots, the one whose node was born first.
@@ -130,7 +129,7 @@ impl Arena {
     pub(super) fn place(
         &mut self,
         data: f64,
-        op: Op,
+        kind: Kind,
         children: Children,
         earliest_below: Option<u32>,
     ) -> NodeId {
@@ -157,7 +156,11 @@ impl Arena {
         let birth = self.births.len() as u32; // at most 2 * live + 4096 after `reserve_node`
         self.births.push(slot);
         let at = slot as usize;
-        self.nodes[at] = Node { data, grad: 0.0, op };
+        self.nodes[at] = Node {
+            data,
+            grad: 0.0,
+            kind,
+        };
         self.links[at].children = children;
         let bookkeeping = &mut self.slots[at];
         bookkeeping.refs = 1;
@@ -259,10 +262,10 @@ impl Arena {
                 }
                 Children::One(_) | Children::Two(..) => {}
             }
-            if matches!(self.nodes[at].op, Op::CompiledCall) {
+            if self.nodes[at].kind == Kind::CompiledCall {
                 self.partials.remove(&slot);
             }
-            self.nodes[at].op = Op::Leaf;
+            self.nodes[at].kind = Kind::Leaf;
             if !self.labels.is_empty() {
                 self.labels.remove(&slot);
             }
@@ -369,6 +372,7 @@ pub(crate) fn grow<T>(items: &mut Vec<T>, what: &'static str) -> Result<()> {
 mod tests {
     use super::super::tests::chain;
     use super::*;
+    use crate::op::Op;
 
     #[test]
     pub(super) fn nodes_are_freed_when_unreferenced_and_slots_reused() {

@@ -3,8 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{Instr, Program};
-use crate::arena::{Arena, EngineError, NodeId, Result};
-use crate::op::Op;
+use crate::arena::{Arena, EngineError, Kind, NodeId, Result};
 
 impl Program {
     /// Flattens the graph under `outputs`. Nodes in `inputs` become input slots (whatever is
@@ -12,7 +11,7 @@ impl Program {
     /// each replay; every other node becomes an instruction, recomputed from those at each replay
     /// (so interior nodes made before recording are recomputed from their leaves, not re-read).
     ///
-    /// A compiled call's result (`Op::CompiledCall`) cannot be recomputed: the arena keeps its value
+    /// A compiled call's result (`Kind::CompiledCall`) cannot be recomputed: the arena keeps its value
     /// and partials, not its program. One that does not depend on an input slot is treated as a
     /// parameter (its stored value is read at each replay, and gradients flow through its stored
     /// partials); one computed from an input slot is refused with
@@ -27,7 +26,7 @@ impl Program {
             register.entry(id).or_insert(register_index(i)?);
         }
         let is_input = |id: NodeId| register.contains_key(&id);
-        let opaque = |id: NodeId| is_input(id) || matches!(arena.op(id), Ok(Op::CompiledCall));
+        let opaque = |id: NodeId| is_input(id) || matches!(arena.kind(id), Ok(Kind::CompiledCall));
         let order = arena.post_order(outputs, opaque)?;
         let mut params = Vec::new();
         let mut interior = Vec::new();
@@ -36,13 +35,13 @@ impl Program {
             if is_input(id) {
                 continue;
             }
-            match arena.op(id)? {
-                Op::Leaf => params.push(id),
-                Op::CompiledCall => {
+            match *arena.kind(id)? {
+                Kind::Leaf => params.push(id),
+                Kind::CompiledCall => {
                     calls.push(id);
                     params.push(id);
                 }
-                _ => interior.push(id),
+                Kind::Op(op) => interior.push((id, op)),
             }
         }
         if !inputs.is_empty() && any_computed_from(arena, &calls, is_input)? {
@@ -55,13 +54,13 @@ impl Program {
         let base = base + params.len();
         let mut instrs = Vec::with_capacity(interior.len());
         let mut args = Vec::new();
-        for (i, &id) in interior.iter().enumerate() {
+        for (i, &(id, op)) in interior.iter().enumerate() {
             let start = register_index(args.len())?;
             for child in arena.children(id)? {
                 args.push(register[&child]);
             }
             instrs.push(Instr {
-                op: *arena.op(id)?,
+                op,
                 start,
                 len: register_index(args.len())? - start,
             });
@@ -102,6 +101,7 @@ fn register_index(i: usize) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::op::Op;
 
     #[test]
     fn nothing_below_an_input_slot_is_recorded() {
