@@ -426,6 +426,17 @@ impl Arena {
             Kind::CompiledCall => self.partials.get_mut(&slot).map(std::mem::take),
             _ => None,
         };
+        if let (Kind::Op(Op::Dot), false) = (kind, stop_at_nan) {
+            // The common n-ary node, a neuron: no per-child check to make.
+            dot_backward(
+                children.len(),
+                |i| x[i],
+                g,
+                |i, amount| self.add_to_grad(children[i], amount, pass),
+            );
+            self.lists[list as usize] = children;
+            return Ok(());
+        }
         let mut result = Ok(());
         let mut give = |arena: &mut Self, i: usize, amount: f64| {
             if result.is_err() {
