@@ -356,8 +356,9 @@ pub fn dot_forward(n_children: usize, value: impl Fn(usize) -> f64) -> f64 {
     (0..n).fold(start, |acc, i| acc + value(i) * value(n + i))
 }
 
-/// `Op::Dot`'s local derivatives times `g`, handed to `add(child, amount)` in child order:
-/// d/dw_i = x_i, d/dx_i = w_i, d/dbias = 1.
+/// `Op::Dot`'s local derivatives times `g`, handed to `add(child, amount)` a product at a time
+/// (w_i's share, then x_i's), then the bias's: d/dw_i = x_i, d/dx_i = w_i, d/dbias = 1. The
+/// order matters only for a Value that is two children of one node, whose shares are summed in it.
 #[inline(always)]
 pub fn dot_backward(
     n_children: usize,
@@ -367,10 +368,9 @@ pub fn dot_backward(
 ) {
     let (n, bias) = dot_shape(n_children);
     for i in 0..n {
-        add(i, value(n + i) * g);
-    }
-    for i in 0..n {
-        add(n + i, value(i) * g);
+        let (w, x) = (value(i), value(n + i));
+        add(i, x * g);
+        add(n + i, w * g);
     }
     if bias {
         add(2 * n, g);

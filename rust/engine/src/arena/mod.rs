@@ -142,6 +142,7 @@ impl Arena {
     }
 
     /// `op(a)` without allocating for the child list.
+    #[inline]
     pub fn apply1(&mut self, op: Op, a: NodeId) -> Result<NodeId> {
         let x = self.check(a)?.data;
         if op.arity() != Arity::One {
@@ -154,6 +155,7 @@ impl Arena {
     }
 
     /// `op(a, b)` without allocating for the child list.
+    #[inline]
     pub fn apply2(&mut self, op: Op, a: NodeId, b: NodeId) -> Result<NodeId> {
         let x = self.check(a)?.data;
         let y = self.check(b)?.data;

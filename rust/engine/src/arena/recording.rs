@@ -28,6 +28,7 @@ impl Arena {
     /// `op` applied to `children` as `how` asks: a node (see [`Arena::apply`]) or, without
     /// grads, a leaf holding its value. With `check_nan`, a nan result from inputs that held
     /// none is refused and nothing is made.
+    #[inline]
     pub fn apply_as(&mut self, how: Recording, op: Op, children: &[NodeId]) -> Result<NodeId> {
         let id = if how.grads {
             match (op.arity(), children) {

@@ -216,22 +216,25 @@ impl<'p> Block<'p> {
             let out = &self.registers[at..at + r];
             let args = program.arg_slice(instr);
             match (instr.op, args) {
-                // `op::dot_backward` laid over the rows, in its order: each weight's share
-                // (d/dw_i = x_i), then each input's (d/dx_i = w_i), then the bias's.
+                // `op::dot_backward` laid over the rows, in its order: for each product, w_i's
+                // share (d/dw_i = x_i), then x_i's (d/dx_i = w_i); then the bias's.
                 (Op::Dot, _) => {
                     let (n, bias) = dot_shape(args.len());
-                    let shares = (0..n).map(|i| (i, n + i)).chain((0..n).map(|i| (n + i, i)));
-                    for (to, other) in shares {
-                        match (self.place(args[to]), self.column(args[other])) {
-                            (Place::Param(p), Column::Row(xs)) => of_params[p] += dot_of(xs, &g),
-                            (Place::Row(at), Column::Param(w)) => {
-                                for (a, g) in adjoint[at..at + r].iter_mut().zip(&g) {
+                    for i in 0..n {
+                        match (self.place(args[i]), self.place(args[n + i])) {
+                            (Place::Param(p), Place::Row(xa)) => {
+                                let x = &self.registers[xa..xa + r];
+                                of_params[p] += dot_of(x, &g);
+                                let w = self.params[p];
+                                for (a, g) in adjoint[xa..xa + r].iter_mut().zip(&g) {
                                     *a += w * g;
                                 }
                             }
-                            (place, other) => {
+                            (wp, xp) => {
+                                let (w, xs) = (self.column(args[i]), self.column(args[n + i]));
                                 for (j, &gj) in g.iter().enumerate() {
-                                    accumulate(place, j, other.at(j) * gj, adjoint, of_params);
+                                    accumulate(wp, j, xs.at(j) * gj, adjoint, of_params);
+                                    accumulate(xp, j, w.at(j) * gj, adjoint, of_params);
                                 }
                             }
                         }
