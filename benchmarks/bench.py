@@ -21,7 +21,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-WORKLOADS = ["eager", "demo", "chain", "mlp", "memory", "digits"]
+WORKLOADS = ["eager", "demo", "chain", "mlp", "memory", "digits", "sweep"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -102,6 +102,14 @@ def run(args: argparse.Namespace) -> int:
         from digits import bench_digits
 
         meta["digits"] = bench_digits(50 if quick else 1000, use_torch=not args.no_torch)
+    if "sweep" in only:
+        from sweep import report as sweep_report
+        from sweep import sweep
+
+        rows = sweep([16, 64] if quick else [16, 256, 1797], 2 if quick else 5, with_torch=not args.no_torch)
+        print("\nfull training steps by batch size (ratio above 1: gradrs faster)")
+        print(sweep_report(rows))
+        meta["sweep"] = rows
     if args.json_path:
         payload = {
             "meta": meta,
