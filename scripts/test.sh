@@ -23,25 +23,24 @@ PY="$VENV/bin/python"
 # maturin and the test and lint tools, from pyproject.toml's [dependency-groups].
 "$PY" -m pip install -q --group dev
 
-step "system tools: Graphviz's dot, so a test renders a real SVG"
-if ! command -v dot >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
-            || echo "warning: could not install graphviz; the SVG test will be skipped"
-    else
-        echo "warning: Graphviz's dot is missing and this is not root; the SVG test will be skipped"
+# Installs Debian's package $2 when the command $1 is missing (apt-get needs root). The tests that
+# need the command say what they do without it: skip, or under CI=true fail.
+system_tool() {
+    local command=$1 package=$2
+    if command -v "$command" >/dev/null; then
+        return
     fi
-fi
+    if [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null) \
+            || echo "warning: could not install $package; the tests that need $command will be skipped"
+    else
+        echo "warning: $command is missing and this is not root; the tests that need it will be skipped"
+    fi
+}
 
-step "system tools: Debian's chromium, so a test opens the graph page in a real browser"
-if ! command -v chromium >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-            || echo "warning: could not install chromium; the browser tests will be skipped"
-    else
-        echo "warning: chromium is missing and this is not root; the browser tests will be skipped"
-    fi
-fi
+step "system tools: Graphviz's dot (a test renders a real SVG), Debian's chromium (tests open the graph page)"
+system_tool dot graphviz
+system_tool chromium chromium
 
 step "Rust: format, lints, unit tests"
 cargo fmt --all --check
