@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -125,6 +126,11 @@ def test_graph_pictures_render(executed):
     assert "grad 0.0000" in svgs[0] and "grad 6.0000" in svgs[1] and "data &#45;8.0000" in svgs[1]
     assert "grad 0.5000" in svgs[2]  # the neuron: do/dn = 1 - o**2
     assert "grad 2.0000" in svgs[3]  # b = a + a: a's gradient accumulates
+    # The whole model, a box per neuron, stays a readable size.
+    width, height = (
+        float(v) for v in re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svgs[-1]).groups()
+    )
+    assert "neuron" in svgs[-1] and width <= 2500 and height <= 2500, (width, height)
 
 
 def script_statements() -> list[str]:
