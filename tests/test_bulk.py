@@ -40,3 +40,32 @@ def test_param_group_keeps_its_values_alive():
     assert [v.data for v in group.values()] == [1.0, 2.0]
     del group
     assert gradrs.live_nodes() == baseline
+
+
+def test_zero_grads_reads_lists_in_place_and_any_iterable():
+    """``Module.zero_grad()``'s one native call: every Value's gradient becomes 0."""
+    from gradrs import _core
+
+    values = [gradrs.Value(float(i)) for i in range(5)]
+    for v in values:
+        v.grad = 3.0
+    _core._zero_grads(values)
+    assert [v.grad for v in values] == [0.0] * 5
+    for v in values:
+        v.grad = 3.0
+    _core._zero_grads(v for v in values[:2])  # a generator: copied, then read
+    assert [v.grad for v in values] == [0.0, 0.0, 3.0, 3.0, 3.0]
+    _core._zero_grads([])
+    with pytest.raises(TypeError, match="item 1 is float"):
+        _core._zero_grads([values[0], 1.0])
+    assert values[2].grad == 3.0  # nothing zeroed by a refused call
+
+
+def test_module_zero_grad_zeroes_the_current_parameters():
+    model = gradrs.nn.MLP(3, [4, 2])
+    model([1.0, 2.0, 3.0])[0].backward()
+    model.layers[0].neurons[1].w[2] = gradrs.Value(5.0)  # a replaced weight is a parameter too
+    for p in model.parameters():
+        p.grad = 1.5
+    model.zero_grad()
+    assert all(p.grad == 0.0 for p in model.parameters())

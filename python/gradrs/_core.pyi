@@ -27,6 +27,7 @@ __all__ = [
     "leaves",
     "_dense",
     "_layer",
+    "_zero_grads",
     "__version__",
 ]
 
@@ -115,6 +116,7 @@ def _dense(
     inputs: Iterable[Value | _Number],
 ) -> list[Value]: ...
 def _layer(neurons: Iterable[Any], inputs: Iterable[Value | _Number]) -> list[Value]: ...
+def _zero_grads(values: Iterable[Value]) -> None: ...
 
 @final
 class ParamGroup:

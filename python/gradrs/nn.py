@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from gradrs._core import ParamGroup, Value, _layer, dot
+from gradrs._core import ParamGroup, Value, _layer, _zero_grads, dot
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,9 +51,7 @@ class Module:
 
     def zero_grad(self) -> None:
         """Sets every parameter's gradient to 0 (call before each ``backward()``)."""
-        params = self.parameters()
-        if params:
-            ParamGroup(params).zero_grad()
+        _zero_grads(self.parameters())
 
     def param_group(self) -> ParamGroup:
         """The parameters as one group, for reading or updating them as numpy arrays."""

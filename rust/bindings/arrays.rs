@@ -7,10 +7,11 @@ use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
+use pyo3::PyTypeInfo;
 
-use crate::handles::{list_of, release_all, Held, Retained};
+use crate::handles::{list_of, read_list, release_all, Held, Retained};
 use crate::optim;
-use crate::value::{engine_error, refuse_while_tracing};
+use crate::value::{engine_error, refuse_while_tracing, PyValue};
 
 /// One new leaf Value per element of a 1-d float64 array.
 #[pyfunction]
@@ -31,6 +32,30 @@ pub fn leaves<'py>(py: Python<'py>, array: PyReadonlyArray1<'py, f64>) -> PyResu
         ids
     };
     list_of(py, ids)
+}
+
+/// Sets the gradient of every Value in `values` to 0, as `Module.zero_grad()` does: one call that
+/// reads a list's items in place, rather than a `ParamGroup` built (and its nodes retained) only
+/// to be zeroed once.
+#[pyfunction]
+pub fn _zero_grads(values: &Bound<'_, PyAny>) -> PyResult<()> {
+    refuse_while_tracing("zeroing gradients")?;
+    let mut held: Held<'_, NodeId> = Held::new();
+    match values.cast_exact::<PyList>() {
+        // No Python code runs from the first item read to the end of the engine call, so the
+        // list's own references keep every Value read alive.
+        Ok(list) => read_list(
+            &mut held.read,
+            list,
+            PyValue::type_object_raw(values.py()),
+            "values",
+        )?,
+        Err(_) => {
+            held.values(values, "values")?;
+        }
+    }
+    let zeros = vec![0.0; held.read.len()];
+    ARENA.lock().set_grad_of(&held.read, &zeros).map_err(engine_error)
 }
 
 /// A fixed list of Values (typically a model's parameters) handled as one array.

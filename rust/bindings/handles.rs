@@ -148,6 +148,29 @@ fn node_of_subclass(item: &Bound<'_, PyAny>, what: &str, i: usize) -> PyResult<N
     }
 }
 
+/// Appends the node of every Value in `list`, reading its items as borrowed references:
+/// a layer reads hundreds of weights per call, and a new reference per weight doubled its cost.
+/// The caller makes sure no Python code runs until it is done with the nodes read (the list
+/// keeps its items alive only as long as nothing changes it).
+pub(crate) fn read_list(
+    read: &mut Vec<NodeId>,
+    list: &Bound<'_, PyList>,
+    value_type: *mut ffi::PyTypeObject,
+    what: &str,
+) -> PyResult<()> {
+    let py = list.py();
+    for i in 0..list.len() {
+        // SAFETY: `i` is below the list's length, read just above with the GIL held and no
+        // Python code run since, so `PyList_GetItem` returns a valid borrowed reference that
+        // the list keeps alive; it is used only before any Python code can run.
+        let item = unsafe {
+            Borrowed::from_ptr_or_err(py, ffi::PyList_GetItem(list.as_ptr(), i as ffi::Py_ssize_t))?
+        };
+        read.push(node_of(&item, value_type, what, i)?);
+    }
+    Ok(())
+}
+
 /// What was read from the items of Python iterables, with the items themselves.
 ///
 /// A Value's node lives only while some handle to it does, and reading an item can run Python

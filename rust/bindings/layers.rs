@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
-use crate::handles::{list_of, node_of, release_all, resolve, wrong_item, Held};
+use crate::handles::{list_of, node_of, read_list, release_all, resolve, wrong_item, Held};
 use crate::value::{engine_error, recording, PyValue};
 
 fn activation(name: &str) -> PyResult<Option<Op>> {
@@ -93,30 +93,6 @@ fn read_in_place(
         return Err(wrong_biases(rows.len(), biases.len()));
     }
     read_list(read, biases, value_type, "layer biases")
-}
-
-/// Appends the node of every Value in `list`, reading its items as borrowed references:
-/// a layer reads hundreds of weights per call, and a new reference per weight doubled its cost.
-fn read_list(
-    read: &mut Vec<NodeId>,
-    list: &Bound<'_, PyList>,
-    value_type: *mut pyo3::ffi::PyTypeObject,
-    what: &str,
-) -> PyResult<()> {
-    let py = list.py();
-    for i in 0..list.len() {
-        // SAFETY: `i` is below the list's length, read just above with the GIL held and no
-        // Python code run since, so `PyList_GetItem` returns a valid borrowed reference that
-        // the list keeps alive; it is used only before any Python code can run.
-        let item = unsafe {
-            Borrowed::from_ptr_or_err(
-                py,
-                pyo3::ffi::PyList_GetItem(list.as_ptr(), i as pyo3::ffi::Py_ssize_t),
-            )?
-        };
-        read.push(node_of(&item, value_type, what, i)?);
-    }
-    Ok(())
 }
 
 /// Reads any iterables of weight rows and biases into `params`, which holds their items;

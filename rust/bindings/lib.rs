@@ -23,7 +23,7 @@ mod _core {
     use crate::fused::{dot, logsumexp, sum};
 
     #[pymodule_export]
-    use crate::arrays::{leaves, ParamGroup};
+    use crate::arrays::{_zero_grads, leaves, ParamGroup};
 
     #[pymodule_export]
     use crate::layers::{_dense, _layer};
