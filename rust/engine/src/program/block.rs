@@ -2,6 +2,7 @@
 
 use std::ops::Range;
 
+use super::dense::{gemm, DenseLayer, Matrix, Role};
 use super::{product, try_vec, try_zeros, Program, Replay, ReplayError};
 use crate::op::{dot_shape, Op};
 
@@ -100,6 +101,14 @@ impl<'p> Block<'p> {
         let mut x = Vec::new();
         let mut out = vec![0.0; r];
         for (k, instr) in program.instrs.iter().enumerate() {
+            match program.role(k) {
+                Role::Alone => {}
+                Role::FirstOf(l) => {
+                    self.layer_forward(&program.layers[l]);
+                    continue;
+                }
+                Role::InLayer => continue, // computed with its layer's first Dot
+            }
             let args = program.arg_slice(instr);
             match (instr.op, args) {
                 // `op::dot_forward` laid over the rows, a column of products at a time, in its
@@ -211,6 +220,15 @@ impl<'p> Block<'p> {
         let mut g = vec![0.0; r];
         let mut x = Vec::new();
         for (k, instr) in program.instrs.iter().enumerate().rev() {
+            match program.role(k) {
+                Role::Alone => {}
+                // Reached last of its layer in reverse, when every neuron's adjoint is complete.
+                Role::FirstOf(l) => {
+                    self.layer_backward(&program.layers[l], adjoint, of_params);
+                    continue;
+                }
+                Role::InLayer => continue,
+            }
             let at = (ni + k) * r;
             g.copy_from_slice(&adjoint[at..at + r]);
             let out = &self.registers[at..at + r];
@@ -288,6 +306,92 @@ impl<'p> Block<'p> {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Block<'_> {
+    /// The layer's inputs across the block's rows, one row of the returned matrix per input.
+    fn layer_inputs(&self, layer: &DenseLayer) -> Vec<f64> {
+        let r = self.rows;
+        let mut x = Vec::with_capacity(layer.inputs.len() * r);
+        for &reg in &layer.inputs {
+            match self.column(reg) {
+                Column::Row(values) => x.extend_from_slice(values),
+                Column::Param(value) => x.extend(std::iter::repeat_n(value, r)), // not found by find_layers
+            }
+        }
+        x
+    }
+
+    fn layer_weights(&self, layer: &DenseLayer) -> Vec<f64> {
+        layer.weights.iter().map(|&p| self.params[p]).collect()
+    }
+
+    /// Every neuron of `layer` over the block's rows, `W X + b`, into the neurons' registers.
+    fn layer_forward(&mut self, layer: &DenseLayer) {
+        let (r, ni) = (self.rows, self.program.n_inputs);
+        let (nout, nin) = (layer.dots.len(), layer.inputs.len());
+        let x = self.layer_inputs(layer);
+        let w = self.layer_weights(layer);
+        let mut out = vec![0.0; nout * r];
+        gemm(nout, nin, r, Matrix::AsStored(&w), Matrix::AsStored(&x), &mut out);
+        for (j, &k) in layer.dots.iter().enumerate() {
+            let bias = layer.biases.as_ref().map_or(0.0, |b| self.params[b[j]]);
+            let at = (ni + k) * r;
+            for (to, &sum) in self.registers[at..at + r]
+                .iter_mut()
+                .zip(&out[j * r..(j + 1) * r])
+            {
+                *to = bias + sum;
+            }
+        }
+    }
+
+    /// The layer's backward over the block's rows: `Wᵀ G` into the inputs' adjoints, `G Xᵀ`
+    /// and each neuron's row sum of `G` into the weights' and biases' gradients.
+    fn layer_backward(&self, layer: &DenseLayer, adjoint: &mut [f64], of_params: &mut [f64]) {
+        let (r, ni) = (self.rows, self.program.n_inputs);
+        let (nout, nin) = (layer.dots.len(), layer.inputs.len());
+        let mut g = Vec::with_capacity(nout * r);
+        for &k in &layer.dots {
+            let at = (ni + k) * r;
+            g.extend_from_slice(&adjoint[at..at + r]);
+        }
+        let x = self.layer_inputs(layer);
+        let w = self.layer_weights(layer);
+        let mut dx = vec![0.0; nin * r];
+        gemm(
+            nin,
+            nout,
+            r,
+            Matrix::Transposed(&w),
+            Matrix::AsStored(&g),
+            &mut dx,
+        );
+        for (i, &reg) in layer.inputs.iter().enumerate() {
+            if let Place::Row(at) = self.place(reg) {
+                for (a, d) in adjoint[at..at + r].iter_mut().zip(&dx[i * r..(i + 1) * r]) {
+                    *a += d;
+                }
+            }
+        }
+        let mut dw = vec![0.0; nout * nin];
+        gemm(
+            nout,
+            r,
+            nin,
+            Matrix::AsStored(&g),
+            Matrix::Transposed(&x),
+            &mut dw,
+        );
+        for (&p, d) in layer.weights.iter().zip(&dw) {
+            of_params[p] += d;
+        }
+        if let Some(biases) = &layer.biases {
+            for (j, &p) in biases.iter().enumerate() {
+                of_params[p] += sum_of(&g[j * r..(j + 1) * r]);
             }
         }
     }

@@ -8,12 +8,14 @@
 //! training updates are seen.
 //!
 //! `record` flattens a graph into a tape; `replay` runs the tape for one call; `block` runs it
-//! over a chunk of rows at once; `batch` splits many rows into chunks and `chunks` folds their
-//! results in order on several threads.
+//! over a chunk of rows at once, with each layer of neurons found by `dense` as matrix products;
+//! `batch` splits many rows into chunks and `chunks` folds their results in order on several
+//! threads.
 
 mod batch;
 mod block;
 mod chunks;
+mod dense;
 mod record;
 mod replay;
 
@@ -38,6 +40,10 @@ pub struct Program {
     instrs: Vec<Instr>,
     args: Vec<u32>,
     outputs: Vec<u32>,
+    /// The tape's layers, replayed over blocks of rows as matrix products.
+    layers: Vec<dense::DenseLayer>,
+    /// Each instruction's place in `layers`.
+    roles: Vec<dense::Role>,
 }
 
 /// How a batch's per-row outputs are combined.

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::dense::find_layers;
 use super::{Instr, Program};
 use crate::arena::{Arena, EngineError, Kind, NodeId, Result};
 
@@ -67,12 +68,15 @@ impl Program {
             register.insert(id, register_index(base + i)?);
         }
         let outputs = outputs.iter().map(|id| register[id]).collect();
+        let (layers, roles) = find_layers(&instrs, &args, inputs.len(), params.len());
         Ok(Program {
             n_inputs: inputs.len(),
             params,
             instrs,
             args,
             outputs,
+            layers,
+            roles,
         })
     }
 }
