@@ -408,7 +408,9 @@ class Compiled:
         The result (a Value, or the same kind of list as ``fn`` returns) back-propagates the
         reduced gradient into the parameters. The samples are split across the machine's cores
         with the GIL released; the result is identical to a one-thread run (``threads`` is there
-        to test that). Under ``gradrs.no_grad()`` only the forward pass runs and leaves come back.
+        to test that). Layers of neurons run as matrix products over blocks of rows, so the
+        result equals a loop over the samples to rounding, not bit for bit. Under
+        ``gradrs.no_grad()`` only the forward pass runs and leaves come back.
         """
         if _run_op_by_op():
             return self._eager_batch(arrays, reduce)
