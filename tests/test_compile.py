@@ -163,6 +163,45 @@ def test_batch_is_the_mean_of_single_runs_and_threads_do_not_change_it():
     assert np.array_equal(fn.map(X, threads=1), fn.map(X, threads=4))
 
 
+def test_layers_run_as_matrix_products_equal_the_samples_one_by_one():
+    """Layers of at least 4 neurons over at least 4 inputs run as matrix products in a batch:
+    outputs and every gradient equal the per-sample calls' to rounding, and the thread count
+    changes nothing. A weight shared by two neurons, and an input read twice by every neuron,
+    get both shares."""
+    random.seed(3)
+    model = MLP(6, [8, 5, 3])
+    shared = model.layers[1][0][0][2]
+    model.layers[1][3][0][4] = shared  # one Value as two neurons' weights
+    first = model.layers[0]
+
+    def fn(x):
+        doubled = [*x, x[0]]  # every first-layer neuron reads x[0] twice
+        hidden = [gradrs.dot([*w, w[0]], doubled, b).relu() for w, b in first]
+        for depth, layer in enumerate(model.layers[1:]):
+            last = depth == len(model.layers) - 2
+            hidden = [gradrs.dot(w, hidden, b) if last else gradrs.dot(w, hidden, b).relu() for w, b in layer]
+        return gradrs.sum([h * h for h in hidden])
+
+    compiled = gradrs.compile(fn)
+    X = np.random.default_rng(5).normal(size=(77, 6))  # two whole 32-row blocks and a part
+    params = model.parameters()
+    total = compiled.batch(X, reduce="sum", threads=1)
+    model.zero_grad()
+    total.backward()
+    batch_grads = [p.grad for p in params]
+    model.zero_grad()
+    expected = 0.0
+    for row in X:
+        out = fn([Value(v) for v in row])
+        out.backward()
+        expected += out.data
+    assert rel_close(total.data, expected), (total.data, expected)
+    for got, want in zip(batch_grads, [p.grad for p in params], strict=True):
+        assert abs(got - want) <= 1e-12 * max(1.0, abs(want)), (got, want)
+    assert compiled.batch(X, reduce="sum", threads=3).data == total.data
+    assert np.array_equal(compiled.map(X, threads=1), compiled.map(X, threads=2))
+
+
 def test_batch_sums_when_asked():
     w = Value(2.0)
     fn = gradrs.compile(lambda x: w * x)
