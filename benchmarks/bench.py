@@ -37,6 +37,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def c_floor() -> list[Any]:
+    """The C floor as an engine for the eager workload (``floor.py``), or nothing when it cannot
+    be built here (said on the way)."""
+    from floor import build
+
+    from engines import Engine
+
+    try:
+        module = build()
+    except RuntimeError as error:
+        print(f"eager: the C floor is left out: {error}")
+        return []
+    return [Engine("c-floor", module.Value)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark: the command line's entry point."""
     args = parse_args(argv)
@@ -77,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     timings: list[Timing] = []
     meta: dict[str, Any] = {"quick": quick}
     if "eager" in only:
-        eager, info = bench_eager(engines, 20_000 if quick else 100_000, repeats)
+        eager_engines = engines + c_floor()
+        eager, info = bench_eager(eager_engines, 20_000 if quick else 100_000, repeats)
         timings += eager
         meta["eager_ops"] = info["ops"]
     if "demo" in only:
