@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,6 +118,10 @@ def test_bench_command_writes_json(tmp_path):
     assert {"eager forward", "eager backward", "demo step", "100k-step chain", "mlp16 batch4"} <= workloads
     engines_seen = {t["engine"] for t in payload["timings"]}
     assert {"gradrs", "gradrs-mgstyle", "micrograd", "micrograd-gc-off"} <= engines_seen
+    if shutil.which("cc"):  # the C floor is built with the system's compiler
+        assert "c-floor" in engines_seen, result.stdout
+        floor = [t for t in payload["timings"] if (t["engine"], t["workload"]) == ("c-floor", "eager forward")]
+        assert floor and floor[0]["median"] > 0
     assert all(t["median"] > 0 for t in payload["timings"])
 
 
