@@ -30,11 +30,13 @@ def targets(timings: list[Timing], memory: dict[str, float]) -> list[tuple[str, 
     ratio_row("eager forward >= 50x micrograd per op", "eager forward", "micrograd", "gradrs", 50)
     ratio_row("eager backward >= 50x micrograd per node", "eager backward", "micrograd", "gradrs", 50)
     # The C floor (benchmarks/floor/floor.c): the least a C extension does per op, measured in
-    # the same run.
-    over_floor = _ratio(timings, "eager forward", "gradrs", "c-floor")
+    # the same run. Compared best sample to best sample: at tens of nanoseconds per op, whatever
+    # the engine timed before it leaves running (PyTorch's spinning worker threads) moves a median.
+    best = {t.engine: min(t.samples) for t in timings if t.workload == "eager forward" and t.samples}
+    over_floor = best["gradrs"] / best["c-floor"] if {"gradrs", "c-floor"} <= best.keys() else None
     rows.append(
         (
-            "eager forward within 1.5x of the C floor per op",
+            "eager forward within 1.5x of the C floor per op (best samples)",
             None if over_floor is None else over_floor <= 1.5,
             "n/a" if over_floor is None else f"{over_floor:.2f}x",
         )
