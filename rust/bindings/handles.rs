@@ -171,6 +171,21 @@ pub(crate) fn read_list(
     Ok(())
 }
 
+/// The items of `iterable` in a tuple of our own (the tuple itself when it is one): Python code
+/// run later cannot take an item out of it, as it can out of a list or an iterator.
+pub(crate) fn tuple_of<'py>(iterable: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    match iterable.cast_exact::<PyTuple>() {
+        Ok(tuple) => Ok(tuple.clone()),
+        // SAFETY: `iterable` is a valid object; `PySequence_Tuple` (Python's `tuple(x)`) returns
+        // a new reference, or null with an exception set, which this turns into Err.
+        Err(_) => unsafe {
+            Bound::from_owned_ptr_or_err(iterable.py(), ffi::PySequence_Tuple(iterable.as_ptr()))?
+                .cast_into::<PyTuple>()
+                .map_err(Into::into)
+        },
+    }
+}
+
 /// What was read from the items of Python iterables, with the items themselves.
 ///
 /// A Value's node lives only while some handle to it does, and reading an item can run Python
@@ -200,16 +215,7 @@ impl<'py, T> Held<'py, T> {
         iterable: &Bound<'py, PyAny>,
         read: impl Fn(&Bound<'py, PyAny>, usize) -> PyResult<T>,
     ) -> PyResult<usize> {
-        let items = match iterable.cast_exact::<PyTuple>() {
-            Ok(tuple) => tuple.clone(),
-            // SAFETY: `iterable` is a valid object; `PySequence_Tuple` (Python's `tuple(x)`)
-            // returns a new reference, or null with an exception set, which this turns into Err.
-            Err(_) => unsafe {
-                Bound::from_owned_ptr_or_err(iterable.py(), ffi::PySequence_Tuple(iterable.as_ptr()))?
-                    .cast_into::<PyTuple>()?
-            },
-        };
-        self.read_all(items, read)
+        self.read_all(tuple_of(iterable)?, read)
     }
 
     /// [`Held::extend`] for an iterable that may be endless: takes at most `limit` items (then

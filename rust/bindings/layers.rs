@@ -7,10 +7,10 @@ use gradrs_engine::{NodeId, Op, ARENA};
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString, PyTuple};
+use pyo3::types::{PyList, PyString};
 use pyo3::PyTypeInfo;
 
-use crate::handles::{list_of, node_of, read_list, release_all, resolve, wrong_item, Held};
+use crate::handles::{list_of, node_of, read_list, release_all, resolve, tuple_of, wrong_item, Held};
 use crate::value::{engine_error, recording, PyValue};
 
 fn activation(name: &str) -> PyResult<Option<Op>> {
@@ -182,7 +182,7 @@ pub fn _layer<'py>(
     // them, before the inputs are converted (which may run Python code). Reading an attribute
     // may run Python code too (a property, `__getattr__`): everything is fetched, and held by
     // these vectors, before any Value's node is read.
-    let neurons = held_items(neurons)?;
+    let neurons = tuple_of(neurons)?;
     let nout = neurons.len();
     let mut rows = Vec::with_capacity(nout);
     let mut biases = Vec::with_capacity(nout);
@@ -229,18 +229,6 @@ pub fn _layer<'py>(
     let outputs = make_layer(&xs.read, &params.read, nout, &ops)?;
     drop((xs, params, rows, biases));
     list_of(py, outputs)
-}
-
-/// A tuple of the items of `neurons` (the list itself when it is one, which no Python code
-/// runs while it is walked: only attribute reads, whose results are held separately).
-fn held_items<'py>(neurons: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
-    match neurons.cast_exact::<PyList>() {
-        Ok(list) => Ok(list.to_tuple()),
-        Err(_) => Ok(PyTuple::new(
-            neurons.py(),
-            neurons.try_iter()?.collect::<PyResult<Vec<_>>>()?,
-        )?),
-    }
 }
 
 /// Makes the layer's nodes from the nodes read: `params` is the weight rows (`nout` of
