@@ -15,6 +15,16 @@ pub(super) struct Block<'p> {
     /// Row-major blocks of `rows` numbers: the inputs, then one per instruction.
     registers: Vec<f64>,
     params: &'p [f64],
+    /// Each layer's inputs across the rows and its weights, gathered once by the forward pass
+    /// for the backward sweeps (one per output) to reuse.
+    gathered: Vec<Gathered>,
+}
+
+/// A layer's `X` (inputs × rows) and `W` (neurons × inputs), as matrix products read them.
+#[derive(Clone, Default)]
+struct Gathered {
+    x: Vec<f64>,
+    w: Vec<f64>,
 }
 
 /// Where a register's numbers are in a block.
@@ -72,6 +82,7 @@ impl<'p> Block<'p> {
             rows,
             registers,
             params,
+            gathered: vec![Gathered::default(); program.layers.len()],
         };
         block.forward();
         Ok(block)
@@ -104,7 +115,7 @@ impl<'p> Block<'p> {
             match program.role(k) {
                 Role::Alone => {}
                 Role::FirstOf(l) => {
-                    self.layer_forward(&program.layers[l]);
+                    self.layer_forward(l);
                     continue;
                 }
                 Role::InLayer => continue, // computed with its layer's first Dot
@@ -224,7 +235,7 @@ impl<'p> Block<'p> {
                 Role::Alone => {}
                 // Reached last of its layer in reverse, when every neuron's adjoint is complete.
                 Role::FirstOf(l) => {
-                    self.layer_backward(&program.layers[l], adjoint, of_params);
+                    self.layer_backward(l, adjoint, of_params);
                     continue;
                 }
                 Role::InLayer => continue,
@@ -329,9 +340,10 @@ impl Block<'_> {
         layer.weights.iter().map(|&p| self.params[p]).collect()
     }
 
-    /// Every neuron of `layer` over the block's rows, `W X + b`, into the neurons' registers.
-    fn layer_forward(&mut self, layer: &DenseLayer) {
+    /// Every neuron of layer `l` over the block's rows, `W X + b`, into the neurons' registers.
+    fn layer_forward(&mut self, l: usize) {
         let (r, ni) = (self.rows, self.program.n_inputs);
+        let layer = &self.program.layers[l];
         let (nout, nin) = (layer.dots.len(), layer.inputs.len());
         let x = self.layer_inputs(layer);
         let w = self.layer_weights(layer);
@@ -347,11 +359,13 @@ impl Block<'_> {
                 *to = bias + sum;
             }
         }
+        self.gathered[l] = Gathered { x, w };
     }
 
     /// The layer's backward over the block's rows: `Wᵀ G` into the inputs' adjoints, `G Xᵀ`
     /// and each neuron's row sum of `G` into the weights' and biases' gradients.
-    fn layer_backward(&self, layer: &DenseLayer, adjoint: &mut [f64], of_params: &mut [f64]) {
+    fn layer_backward(&self, l: usize, adjoint: &mut [f64], of_params: &mut [f64]) {
+        let layer = &self.program.layers[l];
         let (r, ni) = (self.rows, self.program.n_inputs);
         let (nout, nin) = (layer.dots.len(), layer.inputs.len());
         let mut g = Vec::with_capacity(nout * r);
@@ -359,17 +373,9 @@ impl Block<'_> {
             let at = (ni + k) * r;
             g.extend_from_slice(&adjoint[at..at + r]);
         }
-        let x = self.layer_inputs(layer);
-        let w = self.layer_weights(layer);
+        let Gathered { x, w } = &self.gathered[l];
         let mut dx = vec![0.0; nin * r];
-        gemm(
-            nin,
-            nout,
-            r,
-            Matrix::Transposed(&w),
-            Matrix::AsStored(&g),
-            &mut dx,
-        );
+        gemm(nin, nout, r, Matrix::Transposed(w), Matrix::AsStored(&g), &mut dx);
         for (i, &reg) in layer.inputs.iter().enumerate() {
             if let Place::Row(at) = self.place(reg) {
                 for (a, d) in adjoint[at..at + r].iter_mut().zip(&dx[i * r..(i + 1) * r]) {
@@ -378,14 +384,7 @@ impl Block<'_> {
             }
         }
         let mut dw = vec![0.0; nout * nin];
-        gemm(
-            nout,
-            r,
-            nin,
-            Matrix::AsStored(&g),
-            Matrix::Transposed(&x),
-            &mut dw,
-        );
+        gemm(nout, r, nin, Matrix::AsStored(&g), Matrix::Transposed(x), &mut dw);
         for (&p, d) in layer.weights.iter().zip(&dw) {
             of_params[p] += d;
         }
