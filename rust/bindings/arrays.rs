@@ -54,8 +54,7 @@ pub fn _zero_grads(values: &Bound<'_, PyAny>) -> PyResult<()> {
             held.values(values, "values")?;
         }
     }
-    let zeros = vec![0.0; held.read.len()];
-    ARENA.lock().set_grad_of(&held.read, &zeros).map_err(engine_error)
+    ARENA.lock().zero_grad_of(&held.read).map_err(engine_error)
 }
 
 /// A fixed list of Values (typically a model's parameters) handled as one array.
@@ -130,8 +129,7 @@ impl ParamGroup {
 
     fn zero_grad(&self) -> PyResult<()> {
         refuse_while_tracing("zeroing gradients")?;
-        let zeros = vec![0.0; self.ids.len()];
-        ARENA.lock().set_grad_of(&self.ids, &zeros).map_err(engine_error)
+        ARENA.lock().zero_grad_of(&self.ids).map_err(engine_error)
     }
 
     /// One `torch.optim.SGD` step; `velocity` (zeros at first) is updated in place.

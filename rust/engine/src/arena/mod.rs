@@ -317,6 +317,15 @@ impl Arena {
         Ok(())
     }
 
+    /// Sets every gradient in `ids` to 0 (all are checked first: on an error none is changed).
+    pub fn zero_grad_of(&mut self, ids: &[NodeId]) -> Result<()> {
+        self.check_all(ids, ids.len())?;
+        for &id in ids {
+            self.nodes[id.slot as usize].grad = 0.0;
+        }
+        Ok(())
+    }
+
     fn check_all(&self, ids: &[NodeId], len: usize) -> Result<()> {
         if ids.len() != len {
             return Err(EngineError::LengthMismatch {
