@@ -183,7 +183,7 @@ def test_layers_run_as_matrix_products_equal_the_samples_one_by_one():
         return gradrs.sum([h * h for h in hidden])
 
     compiled = gradrs.compile(fn)
-    X = np.random.default_rng(5).normal(size=(77, 6))  # two whole 32-row blocks and a part
+    X = np.random.default_rng(5).normal(size=(141, 6))  # two whole 64-row chunks and a part
     params = model.parameters()
     total = compiled.batch(X, reduce="sum", threads=1)
     model.zero_grad()

@@ -1,7 +1,7 @@
 //! Many rows at once: split into chunks of [`CHUNK_ROWS`], replayed as blocks, and their
 //! results folded in chunk order.
 
-use super::block::Block;
+use super::block::{Block, Scratch};
 use super::chunks::{fold_chunks, results_that_fit};
 use super::{product, try_vec, try_zeros, Batch, Poll, Program, Reduce, Replay, CHUNK_ROWS};
 
@@ -19,7 +19,8 @@ impl Program {
         self.check_rows(rows, n_rows, params)?;
         let n_out = self.outputs.len();
         let mut out = try_vec(product(n_rows, n_out)?, "map's outputs")?;
-        let chunk = |range| Block::new(self, rows, params, range)?.outputs_by_row();
+        let chunk =
+            |scratch: &mut Scratch, range| Block::new(self, rows, params, range, scratch)?.outputs_by_row();
         let waiting = results_that_fit(CHUNK_ROWS.saturating_mul(n_out));
         fold_chunks(
             n_rows,
@@ -55,7 +56,7 @@ impl Program {
         // One chunk's sums: the outputs' values, then each output's gradient.
         let width = product(n_out, n_params + 1)?;
         let mut total = try_zeros(width, "a batch's sums")?;
-        let chunk = |range| Block::new(self, rows, params, range)?.batch();
+        let chunk = |scratch: &mut Scratch, range| Block::new(self, rows, params, range, scratch)?.batch();
         fold_chunks(
             n_rows,
             threads,
@@ -89,7 +90,7 @@ impl Program {
     ) -> Replay<Vec<f64>> {
         self.check_rows(rows, n_rows, params)?;
         let mut total = try_zeros(self.outputs.len(), "a batch's sums")?;
-        let chunk = |range| Block::new(self, rows, params, range)?.sums();
+        let chunk = |scratch: &mut Scratch, range| Block::new(self, rows, params, range, scratch)?.sums();
         let waiting = results_that_fit(self.outputs.len());
         fold_chunks(
             n_rows,

@@ -12,6 +12,10 @@ use super::{Poll, Replay, ReplayError, CHUNK_ROWS, POLL_EVERY};
 /// rarely waits on a slower one, few enough that memory does not grow with the rows.
 const WINDOW_PER_THREAD: usize = 4;
 
+/// Fewer rows than this per thread, and the rows run on fewer threads: starting a thread costs
+/// tens of microseconds, about what a layer-sized program takes over this many rows.
+const MIN_ROWS_PER_THREAD: usize = 128;
+
 /// At most this many bytes of chunk results wait to be added in at any time (at least one
 /// chunk per thread, however large a chunk's results are).
 const WINDOW_BYTES: usize = 64 << 20;
@@ -22,27 +26,29 @@ pub(super) fn results_that_fit(width: usize) -> usize {
 }
 
 /// Runs `work` over the fixed-size chunks of `0..n_rows` on up to `threads` threads (the
-/// calling thread and up to `threads - 1` more) and hands each chunk's result to `fold` on the
+/// calling thread and up to `threads - 1` more), each with a state of its own (`S::default()`,
+/// kept from one chunk to the next), and hands each chunk's result to `fold` on the
 /// calling thread, in chunk order, as soon as the chunks before it have been folded. At most
 /// `max_waiting` results (but at least one per thread) are held at a time. `poll` is called on
 /// the calling thread about every [`POLL_EVERY`] (between chunks); when it returns true, the
 /// other threads stop after their current chunk and this returns [`ReplayError::Interrupted`].
-pub(super) fn fold_chunks<T: Send>(
+pub(super) fn fold_chunks<T: Send, S: Default>(
     n_rows: usize,
     threads: usize,
     max_waiting: usize,
-    work: impl Fn(Range<usize>) -> Replay<T> + Sync,
+    work: impl Fn(&mut S, Range<usize>) -> Replay<T> + Sync,
     mut fold: impl FnMut(T),
     poll: Poll<'_>,
 ) -> Replay<()> {
     let n_chunks = n_rows.div_ceil(CHUNK_ROWS);
     let range = |i: usize| i * CHUNK_ROWS..((i + 1) * CHUNK_ROWS).min(n_rows);
-    // Starting a thread costs tens of microseconds: give each at least four chunks of work.
-    let threads = threads.clamp(1, (n_chunks / 4).max(1));
+    // Starting a thread costs tens of microseconds: give each at least MIN_ROWS_PER_THREAD rows.
+    let threads = threads.clamp(1, (n_rows / MIN_ROWS_PER_THREAD).clamp(1, n_chunks.max(1)));
     let mut last_poll = Instant::now();
     if threads == 1 {
+        let mut state = S::default();
         for i in 0..n_chunks {
-            fold(work(range(i))?);
+            fold(work(&mut state, range(i))?);
             if last_poll.elapsed() >= POLL_EVERY {
                 if poll() {
                     return Err(ReplayError::Interrupted);
@@ -62,10 +68,10 @@ pub(super) fn fold_chunks<T: Send>(
     let (chunk_done, room_freed) = (Condvar::new(), Condvar::new());
     let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
     // Runs chunk `i` without holding the queue, then hands its result back through `q`.
-    let run = |i: usize| {
+    let run = |state: &mut S, i: usize| {
         // A panic is a bug in the engine: carry it to the calling thread, which would otherwise
         // wait forever for this chunk.
-        let result = panic::catch_unwind(AssertUnwindSafe(|| work(range(i))));
+        let result = panic::catch_unwind(AssertUnwindSafe(|| work(state, range(i))));
         let mut q = lock();
         match result {
             Ok(Ok(part)) => q.done[i % window] = Some(part),
@@ -83,23 +89,27 @@ pub(super) fn fold_chunks<T: Send>(
     };
     let stop = std::thread::scope(|scope| {
         for _ in 1..threads {
-            scope.spawn(|| loop {
-                let i = {
-                    let mut q = lock();
-                    while q.stop.is_none() && q.next < n_chunks && q.next >= q.folded + window {
-                        q = room_freed.wait(q).unwrap_or_else(PoisonError::into_inner);
-                    }
-                    if q.stop.is_some() || q.next == n_chunks {
-                        return;
-                    }
-                    q.next += 1;
-                    q.next - 1
-                };
-                run(i);
+            scope.spawn(|| {
+                let mut state = S::default();
+                loop {
+                    let i = {
+                        let mut q = lock();
+                        while q.stop.is_none() && q.next < n_chunks && q.next >= q.folded + window {
+                            q = room_freed.wait(q).unwrap_or_else(PoisonError::into_inner);
+                        }
+                        if q.stop.is_some() || q.next == n_chunks {
+                            return;
+                        }
+                        q.next += 1;
+                        q.next - 1
+                    };
+                    run(&mut state, i);
+                }
             });
         }
         // The calling thread is a worker too; between its chunks it folds what is ready and
         // polls, so that no third thread competes for the cores.
+        let mut state = S::default();
         let mut q = lock();
         while q.stop.is_none() && q.folded < n_chunks {
             let at = q.folded % window;
@@ -122,7 +132,7 @@ pub(super) fn fold_chunks<T: Send>(
                 q.next += 1;
                 let i = q.next - 1;
                 drop(q);
-                run(i);
+                run(&mut state, i);
                 q = lock();
             } else {
                 let wait = POLL_EVERY.saturating_sub(last_poll.elapsed());
@@ -209,7 +219,7 @@ mod tests {
         for threads in [1, 2, 3] {
             let slow = Slow::new();
             let mut starts = Vec::new();
-            let work = |r| slow.work(r, Duration::from_micros(200));
+            let work = |_: &mut (), r| slow.work(r, Duration::from_micros(200));
             fold_chunks(
                 500 * CHUNK_ROWS + 7,
                 threads,
@@ -238,7 +248,7 @@ mod tests {
                 polls += 1;
                 true
             };
-            let work = |r| slow.work(r, Duration::from_millis(2));
+            let work = |_: &mut (), r| slow.work(r, Duration::from_millis(2));
             let n_chunks = 10_000;
             let got = fold_chunks(n_chunks * CHUNK_ROWS, threads, 8, work, drop, &mut poll);
             assert_eq!(got.unwrap_err(), ReplayError::Interrupted);
@@ -250,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_failing_chunk_stops_the_others() {
-        let failing = |r: Range<usize>| {
+        let failing = |_: &mut (), r: Range<usize>| {
             if r.start == 40 * CHUNK_ROWS {
                 Err(ReplayError::OutOfMemory {
                     what: "a test",

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use super::dense::find_layers;
 use super::{Instr, Program};
 use crate::arena::{Arena, EngineError, Kind, NodeId, Result};
+use crate::op::Op;
 
 impl Program {
     /// Flattens the graph under `outputs`. Nodes in `inputs` become input slots (whatever is
@@ -29,7 +30,7 @@ impl Program {
         let is_input = |id: NodeId| register.contains_key(&id);
         let opaque = |id: NodeId| is_input(id) || matches!(arena.kind(id), Ok(Kind::CompiledCall));
         let order = arena.post_order(outputs, opaque)?;
-        let mut params = Vec::new();
+        let mut leaves = Vec::new();
         let mut interior = Vec::new();
         let mut calls = Vec::new();
         for &id in &order {
@@ -37,10 +38,10 @@ impl Program {
                 continue;
             }
             match *arena.kind(id)? {
-                Kind::Leaf => params.push(id),
+                Kind::Leaf => leaves.push(id),
                 Kind::CompiledCall => {
                     calls.push(id);
-                    params.push(id);
+                    leaves.push(id);
                 }
                 Kind::Op(op) => interior.push((id, op)),
             }
@@ -48,6 +49,7 @@ impl Program {
         if !inputs.is_empty() && any_computed_from(arena, &calls, is_input)? {
             return Err(EngineError::CompiledCallOnInputs);
         }
+        let params = in_order_read(arena, &interior, leaves)?;
         let base = inputs.len();
         for (i, &id) in params.iter().enumerate() {
             register.insert(id, register_index(base + i)?);
@@ -79,6 +81,25 @@ impl Program {
             roles,
         })
     }
+}
+
+/// `leaves` in the order the tape first reads them (then any no instruction reads, such as an
+/// output that is a leaf, in walk order). A layer's parameters then lie in its neurons' order,
+/// each neuron's weights and bias side by side, as `dense` needs to read them as a matrix in
+/// place; the walk's own order puts the first neuron of every layer below the first before the
+/// layers it reads.
+fn in_order_read(arena: &Arena, interior: &[(NodeId, Op)], leaves: Vec<NodeId>) -> Result<Vec<NodeId>> {
+    let mut unread: HashSet<NodeId> = leaves.iter().copied().collect();
+    let mut params = Vec::with_capacity(leaves.len());
+    for &(id, _) in interior {
+        for child in arena.children(id)? {
+            if unread.remove(&child) {
+                params.push(child);
+            }
+        }
+    }
+    params.extend(leaves.into_iter().filter(|id| unread.contains(id)));
+    Ok(params)
 }
 
 /// Whether any of `calls` (compiled calls' results) was computed from a node for which
