@@ -17,8 +17,9 @@ pub struct BackwardPass {
     epoch: u32,
     /// The arena's `layout` when the pass began: positions in `births` mean the same while equal.
     layout: u32,
-    /// How many births a sweep from the root reads, to judge the next pass's strategy.
-    span: usize,
+    /// How many births a sweep from the root reads, to judge the next pass's strategy; `None`
+    /// when only the root had a gradient to pass on, which says nothing about other graphs.
+    span: Option<usize>,
     stage: Stage,
 }
 
@@ -80,9 +81,16 @@ impl Arena {
     /// the last one's.
     pub fn begin_backward(&mut self, root: NodeId, stop_at_nan: bool) -> Result<BackwardPass> {
         self.check(root)?;
-        let span = self.birth_span(root.slot);
+        let mut span = self.birth_span(root.slot);
+        let over_leaves = self.has_only_leaves_below(root.slot);
+        if over_leaves {
+            // Only the root has a gradient to pass on (a compiled batch's result over a model's
+            // parameters is such a node): sweeping its birth alone is the whole pass, however
+            // many nodes were born between it and its earliest leaf.
+            span = span.end - 1..span.end;
+        }
         let by_birth = match self.traversal {
-            Traversal::Auto => self.sweep_is_cheap,
+            Traversal::Auto => self.sweep_is_cheap || over_leaves,
             Traversal::Births => true,
             Traversal::Walk => false,
         };
@@ -107,7 +115,7 @@ impl Arena {
             stop_at_nan,
             epoch,
             layout: self.layout,
-            span: span.len(),
+            span: (!over_leaves).then_some(span.len()),
             stage,
         })
     }
@@ -163,7 +171,9 @@ impl Arena {
                 // between, reached or not: far cheaper than discovering the graph by walking it,
                 // unless the span is mostly other graphs still alive. Judge by this pass for the
                 // next one.
-                self.sweep_is_cheap = pass.span <= 8 * processed + 4096;
+                if let Some(span) = pass.span {
+                    self.sweep_is_cheap = span <= 8 * processed + 4096;
+                }
                 if let Stage::Walk { order, .. } = std::mem::replace(&mut pass.stage, Stage::Done) {
                     self.order = order; // kept for the next pass
                 }
@@ -174,6 +184,17 @@ impl Arena {
                 self.clear_unreached(root, epoch);
                 Err(e)
             }
+        }
+    }
+
+    /// Whether every child of `slot` is a leaf (nodes without children included).
+    fn has_only_leaves_below(&self, slot: u32) -> bool {
+        let is_leaf = |c: &u32| matches!(self.nodes[*c as usize].kind, Kind::Leaf);
+        match self.links[slot as usize].children {
+            Children::None => true,
+            Children::One(a) => is_leaf(&a),
+            Children::Two(a, b) => is_leaf(&a) && is_leaf(&b),
+            Children::Many(list) => self.lists[list as usize].iter().all(is_leaf),
         }
     }
 
@@ -414,6 +435,20 @@ impl Arena {
             kind,
         } = self.nodes[slot as usize];
         let children = std::mem::take(&mut self.lists[list as usize]);
+        if let (Kind::CompiledCall, false) = (kind, stop_at_nan) {
+            // A compiled call's shares are its stored partials: with no anomaly check to name
+            // the children's values, they need not be read (a model's every parameter).
+            if let Some(partials) = self.partials.get_mut(&slot).map(std::mem::take) {
+                for (&child, &local) in children.iter().zip(partials.iter()) {
+                    self.add_to_grad(child, local * g, pass);
+                }
+                self.lists[list as usize] = children;
+                if let Some(entry) = self.partials.get_mut(&slot) {
+                    *entry = partials;
+                }
+                return Ok(());
+            }
+        }
         x.clear();
         if x.try_reserve(children.len()).is_err() {
             let count = children.len();
@@ -498,6 +533,31 @@ fn prefetch<T>(item: &T) {
 mod tests {
     use super::super::tests::chain;
     use super::*;
+
+    #[test]
+    fn a_node_over_leaves_alone_passes_its_gradient_without_a_sweep() {
+        let mut arena = Arena::new();
+        let leaves: Vec<NodeId> = (0..5).map(|i| arena.leaf(i as f64).unwrap()).collect();
+        // Many nodes born, and kept, between the leaves and the node over them.
+        let start = arena.leaf(0.0).unwrap();
+        let far = chain(&mut arena, start, 50_000);
+        let partials = vec![1.0, -2.0, 0.5, 0.0, 3.0];
+        let call = arena.compiled_call(7.0, &leaves, partials.clone()).unwrap();
+        let sum = arena.apply(Op::Sum, &[leaves[0], leaves[4], leaves[4]]).unwrap();
+        arena.sweep_is_cheap = false;
+        for (root, expected) in [(call, partials), (sum, vec![2.0, -2.0, 0.5, 0.0, 5.0])] {
+            // One unit of work, where a sweep would read the 50,000 births in between.
+            let mut pass = arena.begin_backward(root, false).unwrap();
+            assert!(arena.backward_step(&mut pass, 1).unwrap());
+            let grads: Vec<f64> = leaves.iter().map(|&l| arena.grad(l).unwrap()).collect();
+            assert_eq!(grads, expected);
+            assert!(
+                !arena.sweep_is_cheap,
+                "the judgment of sweeping is the last real sweep's"
+            );
+        }
+        arena.release(far);
+    }
 
     #[test]
     pub(super) fn backward_accumulates_through_shared_nodes() {

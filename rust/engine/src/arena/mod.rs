@@ -291,12 +291,25 @@ impl Arena {
 
     /// The data of many nodes, in order.
     pub fn data_of(&self, ids: &[NodeId]) -> Result<Vec<f64>> {
-        ids.iter().map(|&id| self.data(id)).collect()
+        self.read_all(ids, |node| node.data)
     }
 
     /// The gradients of many nodes, in order.
     pub fn grad_of(&self, ids: &[NodeId]) -> Result<Vec<f64>> {
-        ids.iter().map(|&id| self.grad(id)).collect()
+        self.read_all(ids, |node| node.grad)
+    }
+
+    /// `read` of every node in `ids`, in order, or the first stale handle's error. Filled in
+    /// place: collecting `Result`s would grow the vector step by step, as it cannot know the
+    /// length, and this reads a model's every parameter at each compiled call.
+    fn read_all(&self, ids: &[NodeId], read: impl Fn(&Node) -> f64) -> Result<Vec<f64>> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(ids.len())
+            .map_err(|_| out_of_memory("a copy of many nodes' numbers", ids.len()))?;
+        for &id in ids {
+            out.push(read(self.check(id)?));
+        }
+        Ok(out)
     }
 
     /// Sets the data of many nodes; nothing changes unless every handle is live.

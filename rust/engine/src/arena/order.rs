@@ -232,7 +232,10 @@ mod tests {
                 let id = arena.leaf(0.0).unwrap(); // dead births, compacted away
                 arena.release(id);
             }
-            let y = arena.apply2(Op::Mul, w, w).unwrap();
+            // Over a node that is not a leaf: a node over leaves alone needs no sweep at all.
+            let square = arena.apply2(Op::Mul, w, w).unwrap();
+            let y = arena.apply1(Op::AddScalar(0.0), square).unwrap();
+            arena.release(square);
             arena.backward(y).unwrap();
             assert_eq!(arena.grad(w).unwrap(), 4.0 * step as f64);
             // Sweeping from y down to w crosses the whole chain to reach two nodes: not again.

@@ -118,10 +118,16 @@ impl Arena {
 
     /// The earliest-born node below any of `children` (`None` for no children).
     pub(super) fn earliest_below_all(&self, children: &[u32]) -> Option<u32> {
+        // Compared by birth directly (rather than by `earlier`, which reads both births again at
+        // each step): a compiled call's node has a model's every parameter for children.
         children
             .iter()
-            .map(|&c| self.slots[c as usize].earliest_below)
-            .reduce(|a, b| self.earlier(a, b))
+            .map(|&c| {
+                let below = self.slots[c as usize].earliest_below;
+                (self.slots[below as usize].birth, below)
+            })
+            .reduce(|a, b| if b.0 < a.0 { b } else { a })
+            .map(|(_, below)| below)
     }
 
     /// Makes a node whose earliest-born node below is `earliest_below` (itself when `None`), in
