@@ -265,6 +265,17 @@ class Neuron(Module):
         return f"{_ACTIVATIONS[self.activation][0]}Neuron({len(self.w)})"
 
 
+def _add_parameters(params: list[Value], neurons: Sequence[Any]) -> None:
+    """Appends the neurons' parameters to ``params``, in ``parameters()`` order. A training loop
+    asks for them every step: a plain ``Neuron``'s are read in place, not by a method call."""
+    for n in neurons:
+        if type(n) is Neuron:
+            params += n.w
+            params.append(n.b)
+        else:
+            params += n.parameters()
+
+
 class Layer(Module):
     """``nout`` neurons over the same ``nin`` inputs; keyword arguments go to each ``Neuron``.
 
@@ -285,12 +296,7 @@ class Layer(Module):
 
     def parameters(self) -> list[Value]:
         params: list[Value] = []
-        for n in self.neurons:
-            if type(n) is Neuron:  # a training loop asks every step: no method call per neuron
-                params += n.w
-                params.append(n.b)
-            else:
-                params += n.parameters()
+        _add_parameters(params, self.neurons)
         return params
 
     def named_parameters(self) -> list[tuple[str, Value]]:
@@ -370,7 +376,10 @@ class MLP(Module):
     def parameters(self) -> list[Value]:
         params: list[Value] = []
         for layer in self.layers:
-            params += layer.parameters()
+            if type(layer) is Layer:  # into one list: no list per layer to build and copy
+                _add_parameters(params, layer.neurons)
+            else:
+                params += layer.parameters()
         return params
 
     def named_parameters(self) -> list[tuple[str, Value]]:

@@ -39,11 +39,7 @@ pub(crate) fn adam_step(
 /// all under one lock.
 fn update(params: &[NodeId], step: impl FnOnce(&mut [f64], &[f64])) -> PyResult<()> {
     refuse_while_tracing("an optimiser step")?;
-    let mut arena = ARENA.lock();
-    let mut data = arena.data_of(params).map_err(engine_error)?;
-    let grad = arena.grad_of(params).map_err(engine_error)?;
-    step(&mut data, &grad);
-    arena.set_data_of(params, &data).map_err(engine_error)
+    ARENA.lock().update_data_of(params, step).map_err(engine_error)
 }
 
 /// An optimiser's state array `name`, one number per parameter, to update in place.

@@ -312,6 +312,28 @@ impl Arena {
         Ok(out)
     }
 
+    /// Lets `step` change the data of every node in `ids` given their gradients (an optimiser's
+    /// step): read in one pass that checks each handle, written back in another. Nothing
+    /// changes unless every handle is live.
+    pub fn update_data_of(&mut self, ids: &[NodeId], step: impl FnOnce(&mut [f64], &[f64])) -> Result<()> {
+        let mut data = Vec::new();
+        let mut grad = Vec::new();
+        if data.try_reserve_exact(ids.len()).is_err() || grad.try_reserve_exact(ids.len()).is_err() {
+            return Err(out_of_memory("a copy of the parameters' numbers", 2 * ids.len()));
+        }
+        for &id in ids {
+            let node = self.check(id)?;
+            data.push(node.data);
+            grad.push(node.grad);
+        }
+        step(&mut data, &grad);
+        // Every handle was checked above, and nothing has changed the arena since.
+        for (&id, &v) in ids.iter().zip(&data) {
+            self.nodes[id.slot as usize].data = v;
+        }
+        Ok(())
+    }
+
     /// Sets the data of many nodes; nothing changes unless every handle is live.
     pub fn set_data_of(&mut self, ids: &[NodeId], values: &[f64]) -> Result<()> {
         self.check_all(ids, values.len())?;
@@ -386,6 +408,26 @@ impl Arena {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_steps_every_parameter_or_none_when_a_handle_is_stale() {
+        let mut arena = Arena::new();
+        let ids: Vec<NodeId> = (0..3).map(|i| arena.leaf(i as f64).unwrap()).collect();
+        arena.set_grad_of(&ids, &[0.5, -1.0, 2.0]).unwrap();
+        let descend = |data: &mut [f64], grad: &[f64]| {
+            data.iter_mut().zip(grad).for_each(|(p, g)| *p -= 0.1 * g);
+        };
+        arena.update_data_of(&ids, descend).unwrap();
+        assert_eq!(arena.data_of(&ids).unwrap(), vec![-0.05, 1.1, 1.8]);
+        let gone = arena.leaf(9.0).unwrap();
+        arena.release(gone);
+        let with_stale = [ids[0], gone, ids[2]];
+        assert_eq!(
+            arena.update_data_of(&with_stale, descend),
+            Err(EngineError::StaleHandle(gone))
+        );
+        assert_eq!(arena.data_of(&ids).unwrap(), vec![-0.05, 1.1, 1.8]);
+    }
 
     #[test]
     fn wrong_arity_is_an_error_not_a_panic() {
