@@ -320,7 +320,7 @@ mod tests {
     /// `sum(tanh(W2 relu(W1 x + b1) + b2))`, recorded, with W2 tied to its first row when `tied`.
     fn two_layers(arena: &mut Arena, nin: usize, hidden: usize, tied: bool) -> Program {
         let x: Vec<NodeId> = (0..nin).map(|i| arena.leaf(i as f64 * 0.1).unwrap()).collect();
-        let mut layer = |arena: &mut Arena, inputs: &[NodeId], nout: usize, act: Op, tied: bool| {
+        let layer = |arena: &mut Arena, inputs: &[NodeId], nout: usize, act: Op, tied: bool| {
             let n = inputs.len();
             let first: Vec<NodeId> = (0..n)
                 .map(|i| arena.leaf(0.3 - 0.07 * i as f64).unwrap())
