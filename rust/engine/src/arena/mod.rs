@@ -313,19 +313,18 @@ impl Arena {
     }
 
     /// Lets `step` change the data of every node in `ids` given their gradients (an optimiser's
-    /// step): read in one pass that checks each handle, written back in another. Nothing
-    /// changes unless every handle is live.
+    /// step): every handle checked first, then the numbers read and, after `step`, written
+    /// back. Nothing changes unless every handle is live.
     pub fn update_data_of(&mut self, ids: &[NodeId], step: impl FnOnce(&mut [f64], &[f64])) -> Result<()> {
         let mut data = Vec::new();
         let mut grad = Vec::new();
         if data.try_reserve_exact(ids.len()).is_err() || grad.try_reserve_exact(ids.len()).is_err() {
             return Err(out_of_memory("a copy of the parameters' numbers", 2 * ids.len()));
         }
-        for &id in ids {
-            let node = self.check(id)?;
-            data.push(node.data);
-            grad.push(node.grad);
-        }
+        self.check_all(ids, ids.len())?;
+        let nodes = &self.nodes;
+        data.extend(ids.iter().map(|id| nodes[id.slot as usize].data));
+        grad.extend(ids.iter().map(|id| nodes[id.slot as usize].grad));
         step(&mut data, &grad);
         // Every handle was checked above, and nothing has changed the arena since.
         for (&id, &v) in ids.iter().zip(&data) {
