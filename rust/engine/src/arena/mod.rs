@@ -299,16 +299,15 @@ impl Arena {
         self.read_all(ids, |node| node.grad)
     }
 
-    /// `read` of every node in `ids`, in order, or the first stale handle's error. Filled in
-    /// place: collecting `Result`s would grow the vector step by step, as it cannot know the
-    /// length, and this reads a model's every parameter at each compiled call.
+    /// `read` of every node in `ids`, in order, or the first stale handle's error. Every handle
+    /// is checked first and the numbers read after, in a loop that knows its length: this reads
+    /// a model's every parameter at each compiled call.
     fn read_all(&self, ids: &[NodeId], read: impl Fn(&Node) -> f64) -> Result<Vec<f64>> {
+        self.check_all(ids, ids.len())?;
         let mut out = Vec::new();
         out.try_reserve_exact(ids.len())
             .map_err(|_| out_of_memory("a copy of many nodes' numbers", ids.len()))?;
-        for &id in ids {
-            out.push(read(self.check(id)?));
-        }
+        out.extend(ids.iter().map(|id| read(&self.nodes[id.slot as usize])));
         Ok(out)
     }
 
