@@ -205,9 +205,9 @@ impl Arena {
     }
 
     /// Backward over the births from `*next` down to `low`, latest first, until about `budget`
-    /// units of work are done (a node, plus its children when it has many); leaves `*next` at
-    /// where to resume. Each node comes after every node made from it, and the order is read
-    /// sequentially instead of discovered. Counts the nodes it goes through into `processed`.
+    /// units of work are done (see [`Arena::propagate_in_order`]). Each node comes after every
+    /// node made from it, and the order is read sequentially instead of discovered. Counts the
+    /// nodes it goes through into `processed`.
     pub(super) fn sweep_births(
         &mut self,
         next: &mut usize,
@@ -217,27 +217,57 @@ impl Arena {
         pass: u32,
         processed: &mut usize,
     ) -> Result<()> {
+        let birth = |arena: &Self, at: usize| arena.births[at];
+        *processed += self.propagate_in_order(birth, low, next, budget, stop_at_nan, pass)?;
+        Ok(())
+    }
+
+    /// Backward along `order` (a post-order walk from the root) from `*next` down to its start,
+    /// last node first, until about `budget` units of work are done (as `sweep_births`).
+    pub(super) fn propagate_along(
+        &mut self,
+        order: &[u32],
+        next: &mut usize,
+        budget: usize,
+        stop_at_nan: bool,
+        pass: u32,
+    ) -> Result<()> {
+        let walked = |_: &Self, at: usize| order[at];
+        self.propagate_in_order(walked, 0, next, budget, stop_at_nan, pass)
+            .map(drop)
+    }
+
+    /// Back-propagates through the nodes `slot_at` names at `low..*next`, last first (a copy of
+    /// this loop for each order, as a sweep's inner loop should be), skipping dead entries
+    /// and nodes this pass gave no gradient (not below the root), until about `budget` units of
+    /// work are done: a node, plus its children when it has many. Leaves `*next` where to
+    /// resume and returns how many nodes it went through.
+    fn propagate_in_order(
+        &mut self,
+        slot_at: impl Fn(&Self, usize) -> u32,
+        low: usize,
+        next: &mut usize,
+        budget: usize,
+        stop_at_nan: bool,
+        pass: u32,
+    ) -> Result<usize> {
         let stop = next.saturating_sub(budget).max(low);
         let mut x = std::mem::take(&mut self.inputs);
         let mut outcome = Ok(());
         let mut resume = stop;
-        // The budget counts births read; n-ary nodes' children are added as they come.
         let mut extra = 0usize;
         let mut reached = 0usize;
         for at in (stop..*next).rev() {
             if let Some(ahead) = at.checked_sub(PREFETCH_DISTANCE).filter(|&a| a >= low) {
-                let slot = self.births[ahead] as usize;
+                let slot = slot_at(self, ahead) as usize;
                 if slot != DEAD as usize {
                     prefetch(&self.links[slot]);
                     prefetch(&self.nodes[slot]);
                 }
             }
-            let slot = self.births[at];
-            if slot == DEAD {
+            let slot = slot_at(self, at);
+            if slot == DEAD || self.links[slot as usize].mark != pass {
                 continue;
-            }
-            if self.links[slot as usize].mark != pass {
-                continue; // not below the root (nothing passed it a gradient)
             }
             reached += 1;
             match self.propagate_step(slot, &mut x, stop_at_nan, pass) {
@@ -256,49 +286,8 @@ impl Arena {
             }
         }
         *next = resume;
-        *processed += reached;
         self.inputs = x;
-        outcome
-    }
-
-    /// Backward along `order` (a post-order walk from the root) from `*next` down to its start,
-    /// last node first, until about `budget` units of work are done (as `sweep_births`).
-    pub(super) fn propagate_along(
-        &mut self,
-        order: &[u32],
-        next: &mut usize,
-        budget: usize,
-        stop_at_nan: bool,
-        pass: u32,
-    ) -> Result<()> {
-        let stop = next.saturating_sub(budget);
-        let mut x = std::mem::take(&mut self.inputs);
-        let mut outcome = Ok(());
-        let mut resume = stop;
-        let mut extra = 0usize;
-        for at in (stop..*next).rev() {
-            if let Some(&ahead) = order.get(at.wrapping_sub(PREFETCH_DISTANCE)) {
-                prefetch(&self.nodes[ahead as usize]);
-                prefetch(&self.links[ahead as usize]);
-            }
-            match self.propagate_step(order[at], &mut x, stop_at_nan, pass) {
-                Ok(0) => {}
-                Ok(more) => {
-                    extra += more;
-                    if extra + (*next - at) >= budget {
-                        resume = at;
-                        break;
-                    }
-                }
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
-            }
-        }
-        *next = resume;
-        self.inputs = x;
-        outcome
+        outcome.map(|()| reached)
     }
 
     /// After a pass stopped early: the interior nodes below the root that it had not reached
