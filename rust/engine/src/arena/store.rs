@@ -39,8 +39,10 @@ impl Arena {
     /// every push a later release makes (a release runs in destructors and cannot fail).
     #[inline(always)]
     pub(super) fn reserve_node(&mut self, list: bool) -> Result<()> {
-        // The common case, a free slot and room everywhere, decided in a few compares.
-        let roomy = !self.free.is_empty()
+        // The common cases, a free slot or room for a new one (a graph growing without frees,
+        // as a first forward pass does), and room everywhere, decided in a few compares.
+        let slot = !self.free.is_empty() || self.room_for_a_new_slot();
+        let roomy = slot
             && self.births.len() < self.births.capacity()
             && self.births.len() < 2 * self.live + 4096
             && self.live < self.max_nodes;
@@ -48,6 +50,18 @@ impl Arena {
             return Ok(());
         }
         self.reserve_node_slowly(list)
+    }
+
+    /// Whether a new slot fits as it is: room in the three per-slot arrays, room on the free
+    /// list for every slot once it is freed, and a slot number below `u32::MAX`.
+    #[inline(always)]
+    fn room_for_a_new_slot(&self) -> bool {
+        let slots = self.nodes.len() + 1;
+        self.nodes.len() < self.nodes.capacity()
+            && self.links.len() < self.links.capacity()
+            && self.slots.len() < self.slots.capacity()
+            && self.free.capacity() >= slots
+            && slots < u32::MAX as usize
     }
 
     #[inline(never)]
