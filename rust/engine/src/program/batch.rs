@@ -51,21 +51,10 @@ impl Program {
         threads: usize,
         poll: Poll<'_>,
     ) -> Replay<Batch> {
-        self.check_rows(rows, n_rows, params)?;
         let (n_out, n_params) = (self.outputs.len(), params.len());
         // One chunk's sums: the outputs' values, then each output's gradient.
         let width = product(n_out, n_params + 1)?;
-        let mut total = try_zeros(width, "a batch's sums")?;
-        let chunk = |scratch: &mut Scratch, range| Block::new(self, rows, params, range, scratch)?.batch();
-        fold_chunks(
-            n_rows,
-            threads,
-            results_that_fit(width),
-            chunk,
-            |part| add_into(&mut total, &part),
-            poll,
-        )?;
-        scale(&mut total, reduce, n_rows);
+        let mut total = self.sum_chunks(rows, n_rows, params, reduce, threads, width, |b| b.batch(), poll)?;
         let mut grads = try_vec(n_out, "a batch's gradients")?;
         for k in 0..n_out {
             let at = n_out + k * n_params;
@@ -88,16 +77,33 @@ impl Program {
         threads: usize,
         poll: Poll<'_>,
     ) -> Replay<Vec<f64>> {
+        let width = self.outputs.len();
+        self.sum_chunks(rows, n_rows, params, reduce, threads, width, |b| b.sums(), poll)
+    }
+
+    /// `part` of each chunk's block (`width` numbers), summed over the chunks in chunk order and
+    /// reduced: what [`Program::batch`] and [`Program::batch_values`] share.
+    #[allow(clippy::too_many_arguments)]
+    fn sum_chunks(
+        &self,
+        rows: &[f64],
+        n_rows: usize,
+        params: &[f64],
+        reduce: Reduce,
+        threads: usize,
+        width: usize,
+        part: impl Fn(Block<'_, '_>) -> Replay<Vec<f64>> + Sync,
+        poll: Poll<'_>,
+    ) -> Replay<Vec<f64>> {
         self.check_rows(rows, n_rows, params)?;
-        let mut total = try_zeros(self.outputs.len(), "a batch's sums")?;
-        let chunk = |scratch: &mut Scratch, range| Block::new(self, rows, params, range, scratch)?.sums();
-        let waiting = results_that_fit(self.outputs.len());
+        let mut total = try_zeros(width, "a batch's sums")?;
+        let chunk = |scratch: &mut Scratch, range| part(Block::new(self, rows, params, range, scratch)?);
         fold_chunks(
             n_rows,
             threads,
-            waiting,
+            results_that_fit(width),
             chunk,
-            |part| add_into(&mut total, &part),
+            |sums| add_into(&mut total, &sums),
             poll,
         )?;
         scale(&mut total, reduce, n_rows);

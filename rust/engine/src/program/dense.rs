@@ -261,31 +261,7 @@ mod tests {
         let program = layer_program(&mut arena, nin, nout);
         assert_eq!(program.layers.len(), 1);
         assert_eq!((program.layers[0].n_out, program.layers[0].n_in), (nout, nin));
-        let params = arena.data_of(program.params()).unwrap();
-        let n_rows = 37; // a chunk of 32 and one of 5
-        let rows: Vec<f64> = (0..n_rows * nin)
-            .map(|i| ((i * 13) % 17) as f64 / 8.0 - 1.0)
-            .collect();
-        let batch = program
-            .batch(&rows, n_rows, &params, Reduce::Sum, 2, &mut go_on())
-            .unwrap();
-        let (mut value, mut grads) = (0.0, vec![0.0; params.len()]);
-        for row in rows.chunks(nin) {
-            let out = program.call(row, &params, &[], true).unwrap();
-            value += out[0].value;
-            for (g, p) in grads.iter_mut().zip(&out[0].partials) {
-                *g += p;
-            }
-        }
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1.0);
-        assert!(
-            close(batch.values[0], value),
-            "{} against {value}",
-            batch.values[0]
-        );
-        for (a, b) in batch.grads[0].iter().zip(&grads) {
-            assert!(close(*a, *b), "{a} against {b}");
-        }
+        assert_batch_matches_calls(&arena, &program, nin);
     }
 
     /// A batch's sums against the rows called one at a time, to 1e-12.
