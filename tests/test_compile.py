@@ -202,6 +202,63 @@ def test_layers_run_as_matrix_products_equal_the_samples_one_by_one():
     assert np.array_equal(compiled.map(X, threads=1), compiled.map(X, threads=2))
 
 
+def _neurons(nin, nout, rng):
+    return [
+        ([Value(rng.uniform(-1, 1)) for _ in range(nin)], Value(rng.uniform(-0.5, 0.5))) for _ in range(nout)
+    ]
+
+
+# How a batch finds a layer's matrices depends on where its inputs, weights and biases lie in
+# the program: evenly spaced, they are read in place; any other way, one instruction at a time.
+LAYOUTS = [
+    "plain",
+    "inputs_reversed",
+    "every_other_input",
+    "tied_rows",
+    "bias_is_a_weight",
+    "two_heads",
+    "no_bias",
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layer_layout_batches_as_its_samples_one_by_one(layout):
+    rng = random.Random(11)
+    n_x = 12 if layout == "every_other_input" else 6
+    first, second, other = _neurons(6, 7, rng), _neurons(7, 5, rng), _neurons(7, 4, rng)
+    if layout == "tied_rows":
+        second = [(second[0][0], b) for _, b in second]
+    if layout == "bias_is_a_weight":
+        second = [(w, second[(j + 1) % len(second)][0][0]) for j, (w, _) in enumerate(second)]
+    params = list({id(v): v for w, b in first + second + other for v in [*w, b]}.values())
+
+    def fn(x):
+        inputs = {"inputs_reversed": x[::-1], "every_other_input": x[::2]}.get(layout, x)
+        hidden = [gradrs.dot(w, inputs, b).relu() for w, b in first]
+        outs = [gradrs.dot(w, hidden) if layout == "no_bias" else gradrs.dot(w, hidden, b) for w, b in second]
+        if layout == "two_heads":
+            outs += [gradrs.dot(w, hidden, b).tanh() for w, b in other]
+        return gradrs.sum([o * o for o in outs])
+
+    compiled = gradrs.compile(fn)
+    X = np.random.default_rng(7).normal(size=(141, n_x))  # two whole 64-row chunks and a part
+    for p in params:
+        p.grad = 0.0
+    total = compiled.batch(X, reduce="sum", threads=2)
+    total.backward()
+    batch_grads = [p.grad for p in params]
+    for p in params:
+        p.grad = 0.0
+    expected = 0.0
+    for row in X:
+        out = fn([Value(v) for v in row])
+        out.backward()
+        expected += out.data
+    assert rel_close(total.data, expected), (total.data, expected)
+    for got, want in zip(batch_grads, [p.grad for p in params], strict=True):
+        assert abs(got - want) <= 1e-12 * max(1.0, abs(want)), (layout, got, want)
+
+
 def test_batch_sums_when_asked():
     w = Value(2.0)
     fn = gradrs.compile(lambda x: w * x)
