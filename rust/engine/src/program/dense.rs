@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use super::{Instr, Program};
 use crate::op::{dot_shape, Op};
 
-/// `first + j * step` for `j` in `0..len`: where a layer keeps the same part of each neuron.
+/// `first + j * step` for neuron `j`: where a layer keeps the same part of each of its neurons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Progression {
     pub(super) first: usize,
