@@ -119,13 +119,21 @@ def run(args: argparse.Namespace) -> int:
 
         meta["digits"] = bench_digits(50 if quick else 1000, use_torch=not args.no_torch)
     if "sweep" in only:
+        from sweep import bookkeeping, print_targets, sweep
         from sweep import report as sweep_report
-        from sweep import sweep
+        from sweep import targets as sweep_targets
 
         rows = sweep([16, 64] if quick else [16, 256, 1797], 2 if quick else 5, with_torch=not args.no_torch)
+        book = bookkeeping(2 if quick else 7)
         print("\nfull training steps by batch size (ratio above 1: gradrs faster)")
         print(sweep_report(rows))
+        print("targets:")
+        print_targets(rows, book)
         meta["sweep"] = rows
+        meta["bookkeeping_us"] = book
+        meta["sweep_targets"] = [
+            {"target": text, "passed": ok, "measured": m} for text, ok, m in sweep_targets(rows, book)
+        ]
     if args.json_path:
         payload = {
             "meta": meta,

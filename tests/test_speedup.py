@@ -124,6 +124,10 @@ def test_bench_command_writes_json(tmp_path):
         assert {t["workload"] for t in floor} == {"eager forward", "eager backward"}
         assert all(t["median"] > 0 for t in floor)
     assert all(t["median"] > 0 for t in payload["timings"])
+    # The training-step and bookkeeping targets are reported too, each with what was measured.
+    step_targets = {t["target"]: t["measured"] for t in payload["meta"]["sweep_targets"]}
+    assert "full training step at batch 16 >= 2x batched PyTorch" in step_targets
+    assert step_targets["Adam step under 20 us for MLP(64,[64,64,10])"].endswith(" us")
 
 
 def test_agreement_check_fails_loudly():
