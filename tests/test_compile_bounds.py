@@ -102,11 +102,18 @@ def test_ctrl_c_stops_a_long_replay_and_leaves_the_process_usable(method, thread
 import os, signal, threading
 small = np.random.default_rng(0).normal(size=(512, 64))
 before = [v.data for v in fn.batch(small)]
-t0 = time.perf_counter()
-fn.{method}(small, threads={threads})
-per_row = (time.perf_counter() - t0) / len(small)
+# The fastest of a few timed runs: one slowed by the machine would size X too small to be
+# running still when the signal comes.
+calibration = np.resize(small, (2048, 64))
+per_row = float("inf")
+for _ in range(3):
+    t0 = time.perf_counter()
+    fn.{method}(calibration, threads={threads})
+    per_row = min(per_row, (time.perf_counter() - t0) / len(calibration))
 expected = 4.0  # seconds, uninterrupted
-X = np.resize(small, (int(expected / per_row), 64))
+# At most 2 GiB of rows (a fast map would want more): still seconds of work, and the replay
+# must end in KeyboardInterrupt either way.
+X = np.resize(small, (min(int(expected / per_row), 4_000_000), 64))
 sent = []
 threading.Timer(0.5, lambda: (sent.append(time.perf_counter()), os.kill(os.getpid(), signal.SIGINT))).start()
 start = time.perf_counter()
