@@ -163,6 +163,28 @@ def test_batch_is_the_mean_of_single_runs_and_threads_do_not_change_it():
     assert np.array_equal(fn.map(X, threads=1), fn.map(X, threads=4))
 
 
+def assert_batch_sums_its_samples(compiled, fn, X, params, threads):
+    """``compiled.batch(X, reduce="sum")`` and its backward equal ``fn`` run eagerly on each row
+    and summed: the value to 1e-12 relative and every parameter's gradient to 1e-12. Returns the
+    batch's result."""
+    for p in params:
+        p.grad = 0.0
+    total = compiled.batch(X, reduce="sum", threads=threads)
+    total.backward()
+    batch_grads = [p.grad for p in params]
+    for p in params:
+        p.grad = 0.0
+    expected = 0.0
+    for row in X:
+        out = fn([Value(v) for v in row])
+        out.backward()
+        expected += out.data
+    assert rel_close(total.data, expected), (total.data, expected)
+    for got, want in zip(batch_grads, [p.grad for p in params], strict=True):
+        assert abs(got - want) <= 1e-12 * max(1.0, abs(want)), (got, want)
+    return total
+
+
 def test_layers_run_as_matrix_products_equal_the_samples_one_by_one():
     """Layers of at least 4 neurons over at least 4 inputs run as matrix products in a batch:
     outputs and every gradient equal the per-sample calls' to rounding, and the thread count
@@ -184,20 +206,7 @@ def test_layers_run_as_matrix_products_equal_the_samples_one_by_one():
 
     compiled = gradrs.compile(fn)
     X = np.random.default_rng(5).normal(size=(141, 6))  # two whole 64-row chunks and a part
-    params = model.parameters()
-    total = compiled.batch(X, reduce="sum", threads=1)
-    model.zero_grad()
-    total.backward()
-    batch_grads = [p.grad for p in params]
-    model.zero_grad()
-    expected = 0.0
-    for row in X:
-        out = fn([Value(v) for v in row])
-        out.backward()
-        expected += out.data
-    assert rel_close(total.data, expected), (total.data, expected)
-    for got, want in zip(batch_grads, [p.grad for p in params], strict=True):
-        assert abs(got - want) <= 1e-12 * max(1.0, abs(want)), (got, want)
+    total = assert_batch_sums_its_samples(compiled, fn, X, model.parameters(), threads=1)
     assert compiled.batch(X, reduce="sum", threads=3).data == total.data
     assert np.array_equal(compiled.map(X, threads=1), compiled.map(X, threads=2))
 
@@ -242,21 +251,7 @@ def test_every_layer_layout_batches_as_its_samples_one_by_one(layout):
 
     compiled = gradrs.compile(fn)
     X = np.random.default_rng(7).normal(size=(141, n_x))  # two whole 64-row chunks and a part
-    for p in params:
-        p.grad = 0.0
-    total = compiled.batch(X, reduce="sum", threads=2)
-    total.backward()
-    batch_grads = [p.grad for p in params]
-    for p in params:
-        p.grad = 0.0
-    expected = 0.0
-    for row in X:
-        out = fn([Value(v) for v in row])
-        out.backward()
-        expected += out.data
-    assert rel_close(total.data, expected), (total.data, expected)
-    for got, want in zip(batch_grads, [p.grad for p in params], strict=True):
-        assert abs(got - want) <= 1e-12 * max(1.0, abs(want)), (layout, got, want)
+    assert_batch_sums_its_samples(compiled, fn, X, params, threads=2)
 
 
 def test_batch_sums_when_asked():
