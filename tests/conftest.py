@@ -1,4 +1,5 @@
-"""Shared helpers: the PyTorch golden cases and a guard against silent failures."""
+"""Shared helpers: the PyTorch golden cases, the lecture's first graph, and a guard against silent
+failures."""
 
 from __future__ import annotations
 
@@ -37,6 +38,25 @@ def load_golden() -> dict:
         if place.exists():
             return json.loads(place.read_text())
     raise FileNotFoundError(f"no pytorch_cases.json in {GOLDEN_PLACES}")
+
+
+def lecture_graph():
+    """The lecture's first graph, L = (a*b + c) * f, labelled as the lecture labels it, after
+    ``L.backward()``."""
+    from gradrs import Value
+
+    a = Value(2.0, label="a")
+    b = Value(-3.0, label="b")
+    c = Value(10.0, label="c")
+    e = a * b
+    e.label = "e"
+    d = e + c
+    d.label = "d"
+    f = Value(-2.0, label="f")
+    L = d * f
+    L.label = "L"
+    L.backward()
+    return L
 
 
 def close(actual: float, expected: float, rel: float = 1e-9, abs_: float = 1e-9) -> bool:

@@ -30,26 +30,13 @@ from gradrs import Value, nn
 from gradrs.graph_page import GraphPage, _short
 from gradrs.viz import draw_html, trace
 
+from conftest import lecture_graph
+
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None and os.environ.get("CI") != "true",
     reason="Debian's chromium is not installed (scripts/test.sh installs it: apt-get install chromium)",
 )
-
-
-def lecture_graph() -> Value:
-    a = Value(2.0, label="a")
-    b = Value(-3.0, label="b")
-    c = Value(10.0, label="c")
-    e = a * b
-    e.label = "e"
-    d = e + c
-    d.label = "d"
-    f = Value(-2.0, label="f")
-    L = d * f
-    L.label = "L"
-    L.backward()
-    return L
 
 
 def mlp_loss() -> Value:

@@ -15,20 +15,7 @@ from gradrs.demo import sample_graph, sample_loss, train
 from gradrs.nn import MLP, Neuron
 from gradrs.viz import _boxes, draw_dot, trace
 
-
-def lecture_graph():
-    a = Value(2.0, label="a")
-    b = Value(-3.0, label="b")
-    c = Value(10.0, label="c")
-    e = a * b
-    e.label = "e"
-    d = e + c
-    d.label = "d"
-    f = Value(-2.0, label="f")
-    L = d * f
-    L.label = "L"
-    L.backward()
-    return L
+from conftest import lecture_graph
 
 
 def test_trace_sees_each_node_and_edge_once():
