@@ -2,14 +2,14 @@
 //! gradients move to and from numpy in one call each (its optimiser steps are in `optim.rs`).
 
 use gradrs_engine::optim::{Adam, Sgd};
-use gradrs_engine::{NodeId, ARENA};
+use gradrs_engine::{HeldGroup, NodeId, ARENA};
 use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use pyo3::PyTypeInfo;
 
-use crate::handles::{list_of, read_list, release_all, Held, Retained};
+use crate::handles::{list_of, read_list, release_all, retain_all, wrap_all, Held};
 use crate::optim;
 use crate::value::{engine_error, refuse_while_tracing, PyValue};
 
@@ -57,10 +57,19 @@ pub fn _zero_grads(values: &Bound<'_, PyAny>) -> PyResult<()> {
     ARENA.lock().zero_grad_of(&held.read).map_err(engine_error)
 }
 
-/// A fixed list of Values (typically a model's parameters) handled as one array.
+/// A fixed list of Values (typically a model's parameters) handled as one array. The arena
+/// holds its nodes alive until it is dropped, so its bulk calls check no handle.
 #[pyclass(module = "gradrs", frozen)]
 pub struct ParamGroup {
-    ids: Retained<Vec<NodeId>>,
+    group: HeldGroup,
+}
+
+impl Drop for ParamGroup {
+    fn drop(&mut self) {
+        for id in std::mem::take(&mut self.group).into_ids() {
+            ARENA.release_soon(id);
+        }
+    }
 }
 
 fn slice_of<'a>(array: &'a PyReadonlyArray1<'_, f64>, expected: usize) -> PyResult<&'a [f64]> {
@@ -87,49 +96,61 @@ impl ParamGroup {
     fn new(values: &Bound<'_, PyAny>) -> PyResult<Self> {
         let mut held = Held::new();
         held.values(values, "ParamGroup items")?;
-        // Retained while `held` still holds the Values read.
-        let ids = Retained::new(&mut ARENA.lock(), std::mem::take(&mut held.read))?;
-        Ok(ParamGroup { ids })
+        // Held by the arena while `held` still holds the Values read.
+        let group = ARENA
+            .lock()
+            .hold(std::mem::take(&mut held.read))
+            .map_err(engine_error)?;
+        Ok(ParamGroup { group })
     }
 
     fn __len__(&self) -> usize {
-        self.ids.len()
+        self.group.len()
     }
 
     /// The Values, in order.
     fn values(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        self.ids.handles(py)
+        let ids = self.group.ids();
+        retain_all(&mut ARENA.lock(), ids)?;
+        wrap_all(py, ids.to_vec())
     }
 
     /// A copy of every Value's data.
     fn data<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<f64>>> {
         refuse_while_tracing("reading data")?;
-        let data = ARENA.lock().data_of(&self.ids).map_err(engine_error)?;
+        let data = ARENA.lock().group_data(&self.group).map_err(engine_error)?;
         Ok(PyArray1::from_vec(py, data))
     }
 
     /// A copy of every Value's gradient.
     fn grad<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<f64>>> {
         refuse_while_tracing("reading gradients")?;
-        let grad = ARENA.lock().grad_of(&self.ids).map_err(engine_error)?;
+        let grad = ARENA.lock().group_grad(&self.group).map_err(engine_error)?;
         Ok(PyArray1::from_vec(py, grad))
     }
 
     fn set_data(&self, values: PyReadonlyArray1<'_, f64>) -> PyResult<()> {
         refuse_while_tracing("setting data")?;
-        let values = slice_of(&values, self.ids.len())?;
-        ARENA.lock().set_data_of(&self.ids, values).map_err(engine_error)
+        let values = slice_of(&values, self.group.len())?;
+        ARENA
+            .lock()
+            .set_group_data(&self.group, values)
+            .map_err(engine_error)
     }
 
     fn set_grad(&self, values: PyReadonlyArray1<'_, f64>) -> PyResult<()> {
         refuse_while_tracing("setting gradients")?;
-        let values = slice_of(&values, self.ids.len())?;
-        ARENA.lock().set_grad_of(&self.ids, values).map_err(engine_error)
+        let values = slice_of(&values, self.group.len())?;
+        ARENA
+            .lock()
+            .set_group_grad(&self.group, values)
+            .map_err(engine_error)
     }
 
     fn zero_grad(&self) -> PyResult<()> {
         refuse_while_tracing("zeroing gradients")?;
-        ARENA.lock().zero_grad_of(&self.ids).map_err(engine_error)
+        ARENA.lock().zero_group_grad(&self.group);
+        Ok(())
     }
 
     /// One `torch.optim.SGD` step; `velocity` (zeros at first) is updated in place.
@@ -148,7 +169,7 @@ impl ParamGroup {
             weight_decay,
             nesterov,
         };
-        optim::sgd_step(&self.ids, &sgd, velocity)
+        optim::sgd_step(&self.group, &sgd, velocity)
     }
 
     /// One `torch.optim.Adam` (or, with `decoupled`, `AdamW`) step number `step`
@@ -174,6 +195,6 @@ impl ParamGroup {
             weight_decay,
             decoupled,
         };
-        optim::adam_step(&self.ids, &adam, step, m, v)
+        optim::adam_step(&self.group, &adam, step, m, v)
     }
 }

@@ -360,12 +360,6 @@ pub(crate) trait Nodes {
     fn nodes(&self) -> &[NodeId];
 }
 
-impl Nodes for Vec<NodeId> {
-    fn nodes(&self) -> &[NodeId] {
-        self
-    }
-}
-
 impl Nodes for Program {
     fn nodes(&self) -> &[NodeId] {
         self.params()

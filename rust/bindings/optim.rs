@@ -3,7 +3,7 @@
 //! under one lock, with the optimiser's state in numpy arrays the Python object keeps.
 
 use gradrs_engine::optim::{Adam, Sgd};
-use gradrs_engine::{NodeId, ARENA};
+use gradrs_engine::{HeldGroup, ARENA};
 use numpy::PyReadwriteArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -13,7 +13,7 @@ use crate::value::{engine_error, refuse_while_tracing};
 
 /// One `torch.optim.SGD` step over `params`; `velocity` is updated in place.
 pub(crate) fn sgd_step(
-    params: &[NodeId],
+    params: &HeldGroup,
     sgd: &Sgd,
     mut velocity: PyReadwriteArray1<'_, f64>,
 ) -> PyResult<()> {
@@ -24,7 +24,7 @@ pub(crate) fn sgd_step(
 /// One `torch.optim.Adam` (or `AdamW`) step number `step` over `params`; the moments `m` and
 /// `v` are updated in place.
 pub(crate) fn adam_step(
-    params: &[NodeId],
+    params: &HeldGroup,
     adam: &Adam,
     step: u64,
     mut m: PyReadwriteArray1<'_, f64>,
@@ -37,9 +37,9 @@ pub(crate) fn adam_step(
 
 /// Reads every parameter's data and gradient, lets `step` change the data, writes it back;
 /// all under one lock.
-fn update(params: &[NodeId], step: impl FnOnce(&mut [f64], &[f64])) -> PyResult<()> {
+fn update(params: &HeldGroup, step: impl FnOnce(&mut [f64], &[f64])) -> PyResult<()> {
     refuse_while_tracing("an optimiser step")?;
-    ARENA.lock().update_data_of(params, step).map_err(engine_error)
+    ARENA.lock().step_group(params, step).map_err(engine_error)
 }
 
 /// An optimiser's state array `name`, one number per parameter, to update in place.

@@ -11,6 +11,6 @@ pub mod optim;
 pub mod program;
 pub mod shared;
 
-pub use arena::{Arena, BackwardPass, EngineError, NodeId, NodeView, Recording, Traversal};
+pub use arena::{Arena, BackwardPass, EngineError, HeldGroup, NodeId, NodeView, Recording, Traversal};
 pub use op::Op;
 pub use shared::{SharedArena, ARENA};

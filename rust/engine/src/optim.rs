@@ -42,21 +42,49 @@ impl Adam {
     /// Step number `t` (1 for the first step) with moment estimates `m` and `v`.
     pub fn step(&self, t: u64, data: &mut [f64], grad: &[f64], m: &mut [f64], v: &mut [f64]) {
         let t = i32::try_from(t.max(1)).unwrap_or(i32::MAX);
-        let bias_correction1 = 1.0 - self.beta1.powi(t);
-        let bias_correction2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
-        let step_size = self.lr / bias_correction1;
-        for (((p, &g), m), v) in data.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
-            let mut g = g;
-            if self.decoupled {
-                *p *= 1.0 - self.lr * self.weight_decay;
-            } else {
-                g += self.weight_decay * *p;
-            }
-            *m += (1.0 - self.beta1) * (g - *m);
-            *v = *v * self.beta2 + (1.0 - self.beta2) * g * g;
-            let denom = v.sqrt() / bias_correction2_sqrt + self.eps;
-            *p -= step_size * (*m / denom);
+        let constants = AdamConstants {
+            bias_correction2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
+            step_size: self.lr / (1.0 - self.beta1.powi(t)),
+        };
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU was just found to have AVX-512F, all `adam_avx512` asks of it.
+            unsafe { adam_avx512(self, &constants, data, grad, m, v) };
+            return;
         }
+        adam_update(self, &constants, data, grad, m, v);
+    }
+}
+
+/// What an Adam step computes once for all parameters.
+struct AdamConstants {
+    bias_correction2_sqrt: f64,
+    step_size: f64,
+}
+
+/// `adam_update` compiled for AVX-512: two divisions and a square root per parameter are most
+/// of a step's time, and on CPUs whose dividers are as wide as AVX-512 (AMD's Zen 5) eight
+/// lanes at once make the step about four times as fast. Every operation is IEEE-rounded the
+/// same in every lane width and nothing is fused, so the numbers are those of the plain loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn adam_avx512(adam: &Adam, k: &AdamConstants, data: &mut [f64], grad: &[f64], m: &mut [f64], v: &mut [f64]) {
+    adam_update(adam, k, data, grad, m, v);
+}
+
+#[inline(always)]
+fn adam_update(adam: &Adam, k: &AdamConstants, data: &mut [f64], grad: &[f64], m: &mut [f64], v: &mut [f64]) {
+    for (((p, &g), m), v) in data.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let mut g = g;
+        if adam.decoupled {
+            *p *= 1.0 - adam.lr * adam.weight_decay;
+        } else {
+            g += adam.weight_decay * *p;
+        }
+        *m += (1.0 - adam.beta1) * (g - *m);
+        *v = *v * adam.beta2 + (1.0 - adam.beta2) * g * g;
+        let denom = v.sqrt() / k.bias_correction2_sqrt + adam.eps;
+        *p -= k.step_size * (*m / denom);
     }
 }
 
@@ -77,6 +105,38 @@ mod tests {
         assert_eq!((p[0], b[0]), (1.0 - 0.1 * 0.5, 0.5));
         sgd.step(&mut p, &[0.5], &mut b);
         assert_eq!(b[0], 0.9 * 0.5 + 0.5);
+    }
+
+    #[test]
+    fn adam_gives_the_plain_loops_numbers_at_any_lane_width() {
+        // `step` may run the AVX-512 build of the loop; it must round exactly as the plain one.
+        for decoupled in [false, true] {
+            let adam = Adam {
+                lr: 0.003,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                decoupled,
+            };
+            let n = 1003; // not a multiple of any lane count: the tail runs too
+            let grad: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1000) as f64 / 37.0 - 13.0).collect();
+            let start: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+            let (mut p1, mut m1, mut v1) = (start.clone(), vec![0.0; n], vec![0.0; n]);
+            let (mut p2, mut m2, mut v2) = (start, vec![0.0; n], vec![0.0; n]);
+            for t in 1..=5u64 {
+                adam.step(t, &mut p1, &grad, &mut m1, &mut v1);
+                let k = AdamConstants {
+                    bias_correction2_sqrt: (1.0 - adam.beta2.powi(t as i32)).sqrt(),
+                    step_size: adam.lr / (1.0 - adam.beta1.powi(t as i32)),
+                };
+                adam_update(&adam, &k, &mut p2, &grad, &mut m2, &mut v2);
+            }
+            let bits = |xs: &[f64]| xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&p1), bits(&p2));
+            assert_eq!(bits(&m1), bits(&m2));
+            assert_eq!(bits(&v1), bits(&v2));
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@
 
 mod backward;
 mod error;
+mod group;
 mod layer;
 mod node;
 mod order;
@@ -36,6 +37,7 @@ use crate::op::{Arity, Op};
 pub use backward::{BackwardPass, Traversal};
 use error::{out_of_memory, wrong_arity};
 pub use error::{EngineError, Result};
+pub use group::HeldGroup;
 use node::{Children, Link, Node, Slot};
 pub use node::{Kind, NodeId, NodeView};
 pub use recording::Recording;
@@ -299,54 +301,23 @@ impl Arena {
         self.read_all(ids, |node| node.grad)
     }
 
-    /// `read` of every node in `ids`, in order, or the first stale handle's error. Every handle
-    /// is checked first and the numbers read after, in a loop that knows its length: this reads
-    /// a model's every parameter at each compiled call.
+    /// `read` of every node in `ids`, in order, or the first stale handle's error.
     fn read_all(&self, ids: &[NodeId], read: impl Fn(&Node) -> f64) -> Result<Vec<f64>> {
         self.check_all(ids, ids.len())?;
-        let mut out = Vec::new();
-        out.try_reserve_exact(ids.len())
-            .map_err(|_| out_of_memory("a copy of many nodes' numbers", ids.len()))?;
-        out.extend(ids.iter().map(|id| read(&self.nodes[id.slot as usize])));
-        Ok(out)
-    }
-
-    /// Lets `step` change the data of every node in `ids` given their gradients (an optimiser's
-    /// step): every handle checked first, then the numbers read and, after `step`, written
-    /// back. Nothing changes unless every handle is live.
-    pub fn update_data_of(&mut self, ids: &[NodeId], step: impl FnOnce(&mut [f64], &[f64])) -> Result<()> {
-        let mut data = Vec::new();
-        let mut grad = Vec::new();
-        if data.try_reserve_exact(ids.len()).is_err() || grad.try_reserve_exact(ids.len()).is_err() {
-            return Err(out_of_memory("a copy of the parameters' numbers", 2 * ids.len()));
-        }
-        self.check_all(ids, ids.len())?;
-        let nodes = &self.nodes;
-        data.extend(ids.iter().map(|id| nodes[id.slot as usize].data));
-        grad.extend(ids.iter().map(|id| nodes[id.slot as usize].grad));
-        step(&mut data, &grad);
-        // Every handle was checked above, and nothing has changed the arena since.
-        for (&id, &v) in ids.iter().zip(&data) {
-            self.nodes[id.slot as usize].data = v;
-        }
-        Ok(())
+        self.read_live(ids, read)
     }
 
     /// Sets the data of many nodes; nothing changes unless every handle is live.
     pub fn set_data_of(&mut self, ids: &[NodeId], values: &[f64]) -> Result<()> {
         self.check_all(ids, values.len())?;
-        for (&id, &v) in ids.iter().zip(values) {
-            self.nodes[id.slot as usize].data = v;
-        }
+        self.write_live(ids, values, |node, v| node.data = v);
         Ok(())
     }
 
     /// Sets the gradients of many nodes; nothing changes unless every handle is live.
     pub fn set_grad_of(&mut self, ids: &[NodeId], values: &[f64]) -> Result<()> {
         self.check_all(ids, values.len())?;
-        for (&id, &v) in ids.iter().zip(values) {
-            self.nodes[id.slot as usize].grad = v;
-        }
+        self.write_live(ids, values, |node, v| node.grad = v);
         Ok(())
     }
 
@@ -359,7 +330,7 @@ impl Arena {
         Ok(())
     }
 
-    fn check_all(&self, ids: &[NodeId], len: usize) -> Result<()> {
+    pub(super) fn check_all(&self, ids: &[NodeId], len: usize) -> Result<()> {
         if ids.len() != len {
             return Err(EngineError::LengthMismatch {
                 expected: ids.len(),
@@ -406,26 +377,6 @@ impl Arena {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    #[test]
-    fn an_update_steps_every_parameter_or_none_when_a_handle_is_stale() {
-        let mut arena = Arena::new();
-        let ids: Vec<NodeId> = (0..3).map(|i| arena.leaf(i as f64).unwrap()).collect();
-        arena.set_grad_of(&ids, &[0.5, -1.0, 2.0]).unwrap();
-        let descend = |data: &mut [f64], grad: &[f64]| {
-            data.iter_mut().zip(grad).for_each(|(p, g)| *p -= 0.1 * g);
-        };
-        arena.update_data_of(&ids, descend).unwrap();
-        assert_eq!(arena.data_of(&ids).unwrap(), vec![-0.05, 1.1, 1.8]);
-        let gone = arena.leaf(9.0).unwrap();
-        arena.release(gone);
-        let with_stale = [ids[0], gone, ids[2]];
-        assert_eq!(
-            arena.update_data_of(&with_stale, descend),
-            Err(EngineError::StaleHandle(gone))
-        );
-        assert_eq!(arena.data_of(&ids).unwrap(), vec![-0.05, 1.1, 1.8]);
-    }
 
     #[test]
     fn wrong_arity_is_an_error_not_a_panic() {

@@ -1,0 +1,189 @@
+//! A group of nodes held alive together, such as a model's parameters: the arena keeps one
+//! reference to each on the group's behalf, so no node of the group can be freed while the group
+//! exists, and reading or writing all of them (zeroing gradients, an optimiser's step) checks no
+//! handle. For a model of 9,000 parameters those checks were a third of an Adam step.
+
+use super::error::{out_of_memory, Result};
+use super::node::{Node, NodeId};
+use super::{Arena, EngineError};
+
+/// Nodes the arena holds a reference to for one owner. Made by [`Arena::hold`]; its owner gives
+/// the references back by releasing each of [`HeldGroup::into_ids`]. One dropped without that
+/// keeps its nodes alive (a leak, never a wrong read). The default group holds nothing.
+#[derive(Debug, Default)]
+pub struct HeldGroup {
+    ids: Vec<NodeId>,
+}
+
+impl HeldGroup {
+    pub fn ids(&self) -> &[NodeId] {
+        &self.ids
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The nodes, each with the reference the group held, for the owner to release.
+    pub fn into_ids(self) -> Vec<NodeId> {
+        self.ids
+    }
+}
+
+impl Arena {
+    /// Takes a reference to every node in `ids` and keeps them as a group; if one is stale, to
+    /// none of them.
+    pub fn hold(&mut self, ids: Vec<NodeId>) -> Result<HeldGroup> {
+        self.check_all(&ids, ids.len())?;
+        for &id in &ids {
+            self.slots[id.slot as usize].refs += 1;
+        }
+        Ok(HeldGroup { ids })
+    }
+
+    /// The data of every node of `group`, in order.
+    pub fn group_data(&self, group: &HeldGroup) -> Result<Vec<f64>> {
+        self.read_live(&group.ids, |node| node.data)
+    }
+
+    /// The gradient of every node of `group`, in order.
+    pub fn group_grad(&self, group: &HeldGroup) -> Result<Vec<f64>> {
+        self.read_live(&group.ids, |node| node.grad)
+    }
+
+    /// Sets the data of every node of `group` from `values`, one each.
+    pub fn set_group_data(&mut self, group: &HeldGroup, values: &[f64]) -> Result<()> {
+        check_len(group, values)?;
+        self.write_live(&group.ids, values, |node, v| node.data = v);
+        Ok(())
+    }
+
+    /// Sets the gradient of every node of `group` from `values`, one each.
+    pub fn set_group_grad(&mut self, group: &HeldGroup, values: &[f64]) -> Result<()> {
+        check_len(group, values)?;
+        self.write_live(&group.ids, values, |node, v| node.grad = v);
+        Ok(())
+    }
+
+    /// Sets every gradient of `group` to 0.
+    pub fn zero_group_grad(&mut self, group: &HeldGroup) {
+        for &id in &group.ids {
+            self.nodes[id.slot as usize].grad = 0.0;
+        }
+    }
+
+    /// Lets `step` change the data of every node of `group` given their gradients (an
+    /// optimiser's step). All the numbers are read before any is written, so a node listed twice
+    /// is stepped once, from its value before the step.
+    pub fn step_group(&mut self, group: &HeldGroup, step: impl FnOnce(&mut [f64], &[f64])) -> Result<()> {
+        let n = group.len();
+        let mut data = Vec::new();
+        let mut grad = Vec::new();
+        if data.try_reserve_exact(n).is_err() || grad.try_reserve_exact(n).is_err() {
+            return Err(out_of_memory("a copy of the parameters' numbers", 2 * n));
+        }
+        data.resize(n, 0.0);
+        grad.resize(n, 0.0);
+        // One pass for both numbers: a node's data and gradient share a cache line.
+        for ((d, g), &id) in data.iter_mut().zip(grad.iter_mut()).zip(&group.ids) {
+            let node = &self.nodes[id.slot as usize];
+            *d = node.data;
+            *g = node.grad;
+        }
+        step(&mut data, &grad);
+        self.write_live(&group.ids, &data, |node, v| node.data = v);
+        Ok(())
+    }
+
+    /// `read` of every node in `ids`, which must all be live (checked or held).
+    pub(super) fn read_live(&self, ids: &[NodeId], read: impl Fn(&Node) -> f64) -> Result<Vec<f64>> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(ids.len())
+            .map_err(|_| out_of_memory("a copy of many nodes' numbers", ids.len()))?;
+        let nodes = &self.nodes;
+        out.extend(ids.iter().map(|id| read(&nodes[id.slot as usize])));
+        Ok(out)
+    }
+
+    /// `write` of each value to its node in `ids`, which must all be live (checked or held).
+    pub(super) fn write_live(&mut self, ids: &[NodeId], values: &[f64], write: impl Fn(&mut Node, f64)) {
+        let nodes = &mut self.nodes;
+        for (&id, &v) in ids.iter().zip(values) {
+            write(&mut nodes[id.slot as usize], v);
+        }
+    }
+}
+
+fn check_len(group: &HeldGroup, values: &[f64]) -> Result<()> {
+    if group.len() == values.len() {
+        Ok(())
+    } else {
+        Err(EngineError::LengthMismatch {
+            expected: group.len(),
+            got: values.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_group_keeps_its_nodes_alive_after_every_handle_is_released() {
+        let mut arena = Arena::new();
+        let ids: Vec<NodeId> = (0..3).map(|i| arena.leaf(i as f64).unwrap()).collect();
+        let group = arena.hold(ids.clone()).unwrap();
+        ids.iter().for_each(|&id| arena.release(id));
+        assert!(ids.iter().all(|&id| arena.is_live(id)));
+        arena.set_group_grad(&group, &[0.5, -1.0, 2.0]).unwrap();
+        arena
+            .step_group(&group, |data, grad| {
+                data.iter_mut().zip(grad).for_each(|(p, g)| *p -= 0.1 * g);
+            })
+            .unwrap();
+        assert_eq!(arena.group_data(&group).unwrap(), vec![-0.05, 1.1, 1.8]);
+        arena.zero_group_grad(&group);
+        assert_eq!(arena.group_grad(&group).unwrap(), vec![0.0; 3]);
+        for id in group.into_ids() {
+            arena.release(id);
+        }
+        assert_eq!(arena.live_nodes(), 0);
+    }
+
+    #[test]
+    fn holding_a_stale_handle_holds_nothing() {
+        let mut arena = Arena::new();
+        let kept = arena.leaf(1.0).unwrap();
+        let gone = arena.leaf(2.0).unwrap();
+        arena.release(gone);
+        assert_eq!(
+            arena.hold(vec![kept, gone]).unwrap_err(),
+            EngineError::StaleHandle(gone)
+        );
+        arena.release(kept);
+        assert_eq!(arena.live_nodes(), 0, "the failed hold took no reference");
+    }
+
+    #[test]
+    fn a_node_held_twice_is_stepped_once() {
+        let mut arena = Arena::new();
+        let p = arena.leaf(1.0).unwrap();
+        arena.set_grad(p, 1.0).unwrap();
+        let group = arena.hold(vec![p, p]).unwrap();
+        arena
+            .step_group(&group, |data, grad| {
+                data.iter_mut().zip(grad).for_each(|(p, g)| *p -= g);
+            })
+            .unwrap();
+        assert_eq!(arena.data(p).unwrap(), 0.0);
+        assert_eq!(
+            arena.set_group_data(&group, &[1.0]),
+            Err(EngineError::LengthMismatch { expected: 2, got: 1 })
+        );
+    }
+}
