@@ -5,6 +5,10 @@ arguments, same weight initialisation from Python's ``random``, same call behavi
 ``repr``), so code written for micrograd runs after changing the import. Each neuron is one
 fused node (``gradrs.dot``) instead of a chain of multiplications and additions.
 
+A Layer or an MLP keeps its parameter list, and a ``ParamGroup`` over it, between calls (its
+lists note their edits, so any change is seen), so ``parameters()`` and ``zero_grad()`` do no
+Python work per parameter.
+
 Beyond micrograd: a choice of activation, ``named_parameters()``, ``state_dict()`` /
 ``load_state_dict()``, ``save()`` / ``load()`` to ``.npz`` files, and the parameters' data and
 gradients as numpy arrays.
@@ -13,13 +17,16 @@ gradients as numpy arrays.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, SupportsIndex, TypeVar, cast
 
 from gradrs._core import ParamGroup, Value, _layer, _zero_grads, dot
 
 if TYPE_CHECKING:
+    from typing import Self
+
     import numpy as np
 
 __all__ = ["MLP", "Layer", "Module", "Neuron"]
@@ -51,10 +58,17 @@ class Module:
 
     def zero_grad(self) -> None:
         """Sets every parameter's gradient to 0 (call before each ``backward()``)."""
-        _zero_grads(self.parameters())
+        kept = _kept(self)
+        if kept is not None and kept.group is not None:
+            kept.group.zero_grad()
+        else:
+            _zero_grads(self.parameters())
 
     def param_group(self) -> ParamGroup:
         """The parameters as one group, for reading or updating them as numpy arrays."""
+        kept = _kept(self)
+        if kept is not None and kept.group is not None:
+            return kept.group
         return ParamGroup(self.parameters())
 
     def parameters_data(self) -> np.ndarray:
@@ -215,11 +229,145 @@ def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
-class Neuron(Module):
+_T = TypeVar("_T")
+
+# Bumped by every edit to the structure of any Neuron, Layer or MLP (an attribute set, an item of
+# their lists replaced, added or removed), so a model's kept parameters know when to look again.
+_edits = 0
+
+
+def _note_edit() -> None:
+    global _edits
+    _edits += 1
+
+
+class _EditNotingList(list[_T]):
+    """A list that notes every edit made through it; it reads exactly as a list does.
+
+    ``Neuron.w``, ``Layer.neurons`` and ``MLP.layers`` are these, so that a model can keep its
+    parameter list (and a ``ParamGroup`` over it) from one call to the next and know, by one
+    comparison, whether anything changed since. Edits that bypass the list's own methods (calling
+    ``list.append(w, v)`` unbound, writing an object's ``__dict__``) are not seen. Pickles refer to
+    this class by name: keep the name.
+    """
+
+    __slots__ = ()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        _note_edit()
+        super().__setitem__(index, value)
+
+    def __delitem__(self, index: SupportsIndex | slice) -> None:
+        _note_edit()
+        super().__delitem__(index)
+
+    def __iadd__(self, values: Iterable[_T]) -> Self:  # type: ignore[override,misc]
+        _note_edit()
+        return super().__iadd__(values)
+
+    def __imul__(self, times: SupportsIndex) -> Self:
+        _note_edit()
+        return super().__imul__(times)
+
+    def append(self, value: _T) -> None:
+        _note_edit()
+        super().append(value)
+
+    def extend(self, values: Iterable[_T]) -> None:
+        _note_edit()
+        super().extend(values)
+
+    def insert(self, index: SupportsIndex, value: _T) -> None:
+        _note_edit()
+        super().insert(index, value)
+
+    def pop(self, index: SupportsIndex = -1) -> _T:
+        _note_edit()
+        return super().pop(index)
+
+    def remove(self, value: _T) -> None:
+        _note_edit()
+        super().remove(value)
+
+    def clear(self) -> None:
+        _note_edit()
+        super().clear()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        _note_edit()
+        super().sort(*args, **kwargs)
+
+    def reverse(self) -> None:
+        _note_edit()
+        super().reverse()
+
+
+class _NotesEdits:
+    """Setting or deleting any attribute of a Neuron, Layer or MLP notes an edit."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _note_edit()
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        _note_edit()
+        object.__delattr__(self, name)
+
+
+class _Kept:
+    """A Layer's or MLP's parameters as they were after edit number ``edits``: ``params`` is
+    None when some part is not one whose edits are noted (then nothing can be kept), and
+    ``group`` is None when the parameters do not make a ``ParamGroup`` (an item is not a Value)."""
+
+    __slots__ = ("edits", "group", "params")
+
+    def __init__(self, edits: int, params: list[Value] | None, group: ParamGroup | None) -> None:
+        self.edits = edits
+        self.params = params
+        self.group = group
+
+
+_KEPT: weakref.WeakKeyDictionary[Module, _Kept] = weakref.WeakKeyDictionary()
+
+
+def _kept(module: Module) -> _Kept | None:
+    """The kept parameters of an exact ``Layer`` or ``MLP``, brought up to date; None for any
+    other module, whose ``parameters()`` may be anything."""
+    if type(module) is not Layer and type(module) is not MLP:
+        return None
+    kept = _KEPT.get(module)
+    if kept is None or kept.edits != _edits:
+        kept = _keep(module)
+        _KEPT[module] = kept
+    return kept
+
+
+def _keep(module: Layer | MLP) -> _Kept:
+    edits = _edits
+    if isinstance(module, MLP):
+        layers, noted = module.layers, type(module.layers) is _EditNotingList
+    else:
+        layers, noted = [module], True
+    for layer in layers:
+        noted = noted and type(layer) is Layer and type(layer.neurons) is _EditNotingList
+        noted = noted and all(type(n) is Neuron and type(n.w) is _EditNotingList for n in layer.neurons)
+    if not noted:
+        return _Kept(edits, None, None)
+    params: list[Value] = []
+    for layer in layers:
+        _add_parameters(params, layer.neurons)
+    try:
+        group = ParamGroup(params)
+    except (TypeError, ValueError):  # an item is not a Value: zero_grad() reports it when called
+        group = None
+    return _Kept(edits, params, group)
+
+
+class Neuron(_NotesEdits, Module):
     """``act(w · x + b)`` with ``nin`` weights drawn from ``random.uniform(-1, 1)`` and ``b = 0``."""
 
     def __init__(self, nin: int, nonlin: bool = True, activation: str | None = None) -> None:
-        self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
+        self.w: list[Value] = _EditNotingList(Value(random.uniform(-1, 1)) for _ in range(nin))
         self.b = Value(0)
         self.activation = _activation(nonlin, activation)
 
@@ -276,16 +424,18 @@ def _add_parameters(params: list[Value], neurons: Sequence[Any]) -> None:
             params += n.parameters()
 
 
-class Layer(Module):
+class Layer(_NotesEdits, Module):
     """``nout`` neurons over the same ``nin`` inputs; keyword arguments go to each ``Neuron``.
 
     A call evaluates every neuron in one call into the engine (each neuron is still one node),
-    reading the Values the neurons hold at that moment: nothing is cached, so replacing a
-    neuron, a weight or an activation, or sharing them between layers, needs no care.
+    reading the Values the neurons hold at that moment. ``parameters()`` and ``zero_grad()``
+    keep the parameter list from one call to the next, and look again after any edit (the lists
+    of ``nn`` modules note their edits). So replacing a neuron, a weight or an activation, or
+    sharing them between layers, needs no care.
     """
 
     def __init__(self, nin: int, nout: int, **kwargs: Any) -> None:
-        self.neurons = [Neuron(nin, **kwargs) for _ in range(nout)]
+        self.neurons: list[Neuron] = _EditNotingList(Neuron(nin, **kwargs) for _ in range(nout))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(_upgrade(state))
@@ -295,6 +445,9 @@ class Layer(Module):
         return out[0] if len(out) == 1 else out
 
     def parameters(self) -> list[Value]:
+        kept = _kept(self)
+        if kept is not None and kept.params is not None:
+            return kept.params[:]
         params: list[Value] = []
         _add_parameters(params, self.neurons)
         return params
@@ -351,7 +504,7 @@ def _layer_arrays(layer: Layer, index: int) -> tuple[np.ndarray, np.ndarray, str
     return weights, biases, activations[0]
 
 
-class MLP(Module):
+class MLP(_NotesEdits, Module):
     """A multi-layer perceptron: ``nin`` inputs, then a layer per entry of ``nouts``.
 
     Hidden layers use ``activation`` (ReLU by default, as in micrograd); the last is linear.
@@ -360,10 +513,10 @@ class MLP(Module):
     def __init__(self, nin: int, nouts: list[int], activation: str = "relu") -> None:
         _activation(True, activation)  # refuse an unknown name even when every layer is the output
         sz = [nin] + list(nouts)
-        self.layers = [
+        self.layers: list[Layer] = _EditNotingList(
             Layer(sz[i], sz[i + 1], activation=activation if i != len(nouts) - 1 else "linear")
             for i in range(len(nouts))
-        ]
+        )
 
     def __call__(self, x: Sequence[Input]) -> Value | list[Value]:
         out: Sequence[Input] | Value = x
@@ -374,6 +527,9 @@ class MLP(Module):
         return cast("Value | list[Value]", out)
 
     def parameters(self) -> list[Value]:
+        kept = _kept(self)
+        if kept is not None and kept.params is not None:
+            return kept.params[:]
         params: list[Value] = []
         for layer in self.layers:
             if type(layer) is Layer:  # into one list: no list per layer to build and copy

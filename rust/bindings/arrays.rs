@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 use pyo3::PyTypeInfo;
 
-use crate::handles::{list_of, read_list, release_all, retain_all, wrap_all, Held};
+use crate::handles::{as_plain_list, list_of, read_list, release_all, retain_all, wrap_all, Held};
 use crate::optim;
 use crate::value::{engine_error, refuse_while_tracing, PyValue};
 
@@ -41,16 +41,16 @@ pub fn leaves<'py>(py: Python<'py>, array: PyReadonlyArray1<'py, f64>) -> PyResu
 pub fn _zero_grads(values: &Bound<'_, PyAny>) -> PyResult<()> {
     refuse_while_tracing("zeroing gradients")?;
     let mut held: Held<'_, NodeId> = Held::new();
-    match values.cast_exact::<PyList>() {
+    match as_plain_list(values) {
         // No Python code runs from the first item read to the end of the engine call, so the
         // list's own references keep every Value read alive.
-        Ok(list) => read_list(
+        Some(list) => read_list(
             &mut held.read,
             list,
             PyValue::type_object_raw(values.py()),
             "values",
         )?,
-        Err(_) => {
+        None => {
             held.values(values, "values")?;
         }
     }

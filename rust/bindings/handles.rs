@@ -148,6 +148,28 @@ fn node_of_subclass(item: &Bound<'_, PyAny>, what: &str, i: usize) -> PyResult<N
     }
 }
 
+/// `obj` as a list whose items can be read straight from its storage: an exact list, or a
+/// subclass that keeps list's own iteration, length and indexing (such as the lists `gradrs.nn`
+/// keeps, which only note their edits), so that reading its storage gives what iterating it would.
+pub(crate) fn as_plain_list<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, PyList>> {
+    if let Ok(list) = obj.cast_exact::<PyList>() {
+        return Some(list);
+    }
+    let list = obj.cast::<PyList>().ok()?;
+    let reads_as_list = |slot| {
+        // SAFETY: both are valid type objects (`obj`'s, and the static `list`), and
+        // `PyType_GetSlot` only reads a slot's function pointer, which stays unused here.
+        unsafe {
+            ffi::PyType_GetSlot(ffi::Py_TYPE(obj.as_ptr()), slot)
+                == ffi::PyType_GetSlot(std::ptr::addr_of_mut!(ffi::PyList_Type), slot)
+        }
+    };
+    [ffi::Py_tp_iter, ffi::Py_sq_length, ffi::Py_sq_item]
+        .into_iter()
+        .all(reads_as_list)
+        .then_some(list)
+}
+
 /// Appends the node of every Value in `list`, reading its items as borrowed references:
 /// a layer reads hundreds of weights per call, and a new reference per weight doubled its cost.
 /// The caller makes sure no Python code runs until it is done with the nodes read (the list

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 use pyo3::PyTypeInfo;
 
-use crate::handles::{list_of, node_of, read_list, release_all, resolve, tuple_of, wrong_item, Held};
+use crate::handles::{as_plain_list, list_of, node_of, read_list, release_all, resolve, tuple_of, wrong_item, Held};
 use crate::value::{engine_error, recording, PyValue};
 
 fn activation(name: &str) -> PyResult<Option<Op>> {
@@ -66,11 +66,10 @@ fn plain_lists<'py>(
     weights: &Bound<'py, PyAny>,
     biases: &Bound<'py, PyAny>,
 ) -> Option<(Vec<Bound<'py, PyList>>, Bound<'py, PyList>)> {
-    let biases = biases.cast_exact::<PyList>().ok()?;
-    let rows = weights.cast_exact::<PyList>().ok()?;
-    let rows = rows
+    let biases = as_plain_list(biases)?;
+    let rows = as_plain_list(weights)?
         .iter()
-        .map(|row| row.cast_into_exact::<PyList>().ok())
+        .map(|row| as_plain_list(&row).cloned())
         .collect::<Option<Vec<_>>>()?;
     Some((rows, biases.clone()))
 }
@@ -199,7 +198,7 @@ pub fn _layer<'py>(
     params.read.reserve(nout * (nin + 1));
     match rows
         .iter()
-        .map(|row| row.cast_exact::<PyList>().ok())
+        .map(|row| as_plain_list(row))
         .collect::<Option<Vec<_>>>()
     {
         // From the first weight read to the engine call no Python code runs, so the lists'
