@@ -10,7 +10,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 use pyo3::PyTypeInfo;
 
-use crate::handles::{as_plain_list, list_of, node_of, read_list, release_all, resolve, tuple_of, wrong_item, Held};
+use crate::handles::{
+    as_plain_list, list_of, node_of, read_list, release_all, resolve, tuple_of, wrong_item, Held,
+};
 use crate::value::{engine_error, recording, PyValue};
 
 fn activation(name: &str) -> PyResult<Option<Op>> {
