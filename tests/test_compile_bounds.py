@@ -96,8 +96,11 @@ def test_wide_batch_equals_one_thread_and_eager():
 
 @pytest.mark.parametrize("method, threads", [("batch", None), ("batch", 1), ("map", None)])
 def test_ctrl_c_stops_a_long_replay_and_leaves_the_process_usable(method, threads):
+    # Layers of 512, so that seconds of replay need tens of megabytes of rows, not gigabytes: on a
+    # fast machine the copy of gigabytes of rows (made with the GIL held, before the replay) kept
+    # the timer thread from sending the signal until the replay was nearly over.
     out = run_child(
-        WIDE_MODEL
+        WIDE_MODEL.replace("MLP(64, [64, 64, 10])", "MLP(64, [512, 512, 10])")
         + f"""
 import os, signal, threading
 small = np.random.default_rng(0).normal(size=(512, 64))
@@ -111,9 +114,9 @@ for _ in range(3):
     fn.{method}(calibration, threads={threads})
     per_row = min(per_row, (time.perf_counter() - t0) / len(calibration))
 expected = 4.0  # seconds, uninterrupted
-# At most 2 GiB of rows (a fast map would want more): still seconds of work, and the replay
-# must end in KeyboardInterrupt either way.
-X = np.resize(small, (min(int(expected / per_row), 4_000_000), 64))
+# At most 512 MiB of rows: still seconds of work, and the replay must end in KeyboardInterrupt
+# either way.
+X = np.resize(small, (min(int(expected / per_row), 1_000_000), 64))
 sent = []
 threading.Timer(0.5, lambda: (sent.append(time.perf_counter()), os.kill(os.getpid(), signal.SIGINT))).start()
 start = time.perf_counter()
