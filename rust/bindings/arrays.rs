@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 use pyo3::PyTypeInfo;
 
-use crate::handles::{as_plain_list, list_of, read_list, release_all, retain_all, wrap_all, Held};
+use crate::handles::{as_plain_list, handles_of, let_go, list_of, read_list, release_all, Held};
 use crate::optim;
 use crate::value::{engine_error, refuse_while_tracing, PyValue};
 
@@ -66,9 +66,7 @@ pub struct ParamGroup {
 
 impl Drop for ParamGroup {
     fn drop(&mut self) {
-        for id in std::mem::take(&mut self.group).into_ids() {
-            ARENA.release_soon(id);
-        }
+        let_go(&mut self.group);
     }
 }
 
@@ -110,9 +108,7 @@ impl ParamGroup {
 
     /// The Values, in order.
     fn values(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        let ids = self.group.ids();
-        retain_all(&mut ARENA.lock(), ids)?;
-        wrap_all(py, ids.to_vec())
+        handles_of(py, &self.group)
     }
 
     /// A copy of every Value's data.

@@ -10,20 +10,28 @@
 use std::sync::OnceLock;
 
 use gradrs_engine::program::{Output, Program, Reduce, ReplayError};
-use gradrs_engine::{NodeId, Recording, ARENA};
+use gradrs_engine::{HeldGroup, NodeId, Recording, ARENA};
 use numpy::ndarray::Dimension;
 use numpy::{PyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::handles::{list_of, release_all, Held, Retained};
+use crate::handles::{handles_of, let_go, list_of, release_all, Held};
 use crate::value::{engine_error, recording};
 
 #[pyclass(name = "_Program", module = "gradrs", frozen)]
 pub struct PyProgram {
-    /// The program, holding its parameters (the leaves it reads at each replay).
-    program: Retained<Program>,
+    program: Program,
+    /// The program's parameters (the leaves it reads at each replay), held alive by the arena
+    /// for as long as the program lives, so reading them checks no handle.
+    params: HeldGroup,
+}
+
+impl Drop for PyProgram {
+    fn drop(&mut self) {
+        let_go(&mut self.params);
+    }
 }
 
 fn threads_for(requested: Option<usize>) -> PyResult<usize> {
@@ -96,7 +104,7 @@ fn copy_of<D: Dimension>(array: &Bound<'_, PyArray<f64, D>>) -> PyResult<Vec<f64
 
 impl PyProgram {
     fn read_params(&self) -> PyResult<Vec<f64>> {
-        ARENA.lock().data_of(self.program.params()).map_err(engine_error)
+        ARENA.lock().group_data(&self.params).map_err(engine_error)
     }
 
     /// `rows`' numbers, copied, and how many rows there are.
@@ -151,9 +159,8 @@ impl PyProgram {
         let (outputs, inputs) = held.read.split_at(n_outputs);
         let mut arena = ARENA.lock();
         let program = Program::record(&arena, outputs, inputs).map_err(engine_error)?;
-        Ok(PyProgram {
-            program: Retained::new(&mut arena, program)?,
-        })
+        let params = arena.hold(program.params().to_vec()).map_err(engine_error)?;
+        Ok(PyProgram { program, params })
     }
 
     #[getter]
@@ -173,7 +180,7 @@ impl PyProgram {
 
     /// The leaves the program reads at each replay.
     fn parameters(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        self.program.handles(py)
+        handles_of(py, &self.params)
     }
 
     /// Replays with `inputs` (one float64 per input); `attached` (exactly one Value or None per

@@ -3,12 +3,9 @@
 //! Everything that turns a Python object into a node id (or a number an op takes in place of
 //! one) reads it here, so every caller holds what it read the same way and says the same thing
 //! about an object of the wrong type; and everything that keeps nodes alive past a call holds
-//! them with [`Retained`].
+//! them as a [`HeldGroup`] (made by `Arena::hold`, given back by [`let_go`]).
 
-use std::ops::Deref;
-
-use gradrs_engine::program::Program;
-use gradrs_engine::{Arena, NodeId, ARENA};
+use gradrs_engine::{Arena, HeldGroup, NodeId, ARENA};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyList, PyTuple};
@@ -377,48 +374,17 @@ pub(crate) fn list_of(py: Python<'_>, ids: Vec<NodeId>) -> PyResult<Bound<'_, Py
     PyList::new(py, wrap_all(py, ids)?)
 }
 
-/// Something that names nodes it needs alive for as long as it lives.
-pub(crate) trait Nodes {
-    fn nodes(&self) -> &[NodeId];
+/// New handles to the nodes of `group`, in order.
+pub(crate) fn handles_of(py: Python<'_>, group: &HeldGroup) -> PyResult<Vec<Py<PyAny>>> {
+    let ids = group.ids();
+    retain_all(&mut ARENA.lock(), ids)?;
+    wrap_all(py, ids.to_vec())
 }
 
-impl Nodes for Program {
-    fn nodes(&self) -> &[NodeId] {
-        self.params()
-    }
-}
-
-/// `T` with a reference held on each of its nodes: taken when it is built, given back when it
-/// is dropped (from any thread, never waiting for the arena's lock).
-pub(crate) struct Retained<T: Nodes>(T);
-
-impl<T: Nodes> Retained<T> {
-    /// Retains all of `owner`'s nodes, or none if one of them is stale.
-    pub(crate) fn new(arena: &mut Arena, owner: T) -> PyResult<Self> {
-        retain_all(arena, owner.nodes())?;
-        Ok(Retained(owner))
-    }
-
-    /// New handles to the nodes, in order.
-    pub(crate) fn handles(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        let ids = self.0.nodes();
-        retain_all(&mut ARENA.lock(), ids)?;
-        wrap_all(py, ids.to_vec())
-    }
-}
-
-impl<T: Nodes> Deref for Retained<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T: Nodes> Drop for Retained<T> {
-    fn drop(&mut self) {
-        for &id in self.0.nodes() {
-            ARENA.release_soon(id);
-        }
+/// Gives back every reference `group` holds, leaving it empty: for a destructor, so from any
+/// thread and never waiting for the arena's lock.
+pub(crate) fn let_go(group: &mut HeldGroup) {
+    for id in std::mem::take(group).into_ids() {
+        ARENA.release_soon(id);
     }
 }
