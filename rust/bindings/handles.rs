@@ -8,7 +8,8 @@
 use gradrs_engine::{Arena, HeldGroup, NodeId, ARENA};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyList, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyFloat, PyList, PyTuple, PyType};
 use pyo3::{ffi, PyTypeInfo};
 
 use crate::value::{engine_error, wrap, PyValue};
@@ -146,13 +147,24 @@ fn node_of_subclass(item: &Bound<'_, PyAny>, what: &str, i: usize) -> PyResult<N
 }
 
 /// `obj` as a list whose items can be read straight from its storage: an exact list, or a
-/// subclass that keeps list's own iteration, length and indexing (such as the lists `gradrs.nn`
-/// keeps, which only note their edits), so that reading its storage gives what iterating it would.
+/// subclass that keeps list's own iteration and length (such as the lists `gradrs.nn` keeps,
+/// which only note their edits), so that reading its storage gives what iterating it would.
+/// (Indexing is not compared: a subclass that defines `__setitem__` gets a generic `sq_item` slot
+/// even when its `__getitem__` is list's own, and iterating a list does not index it.)
 pub(crate) fn as_plain_list<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, PyList>> {
     if let Ok(list) = obj.cast_exact::<PyList>() {
         return Some(list);
     }
     let list = obj.cast::<PyList>().ok()?;
+    // The first such subclass met (in practice `gradrs.nn`'s) is kept, so that the lists a model
+    // is made of pass with one comparison; holding it keeps its address from naming another type.
+    static KNOWN_PLAIN: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = obj.py();
+    if let Some(known) = KNOWN_PLAIN.get(py) {
+        if obj.get_type().is(known.bind(py)) {
+            return Some(list);
+        }
+    }
     let reads_as_list = |slot| {
         // SAFETY: both are valid type objects (`obj`'s, and the static `list`), and
         // `PyType_GetSlot` only reads a slot's function pointer, which stays unused here.
@@ -161,10 +173,14 @@ pub(crate) fn as_plain_list<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> Option<&'a B
                 == ffi::PyType_GetSlot(std::ptr::addr_of_mut!(ffi::PyList_Type), slot)
         }
     };
-    [ffi::Py_tp_iter, ffi::Py_sq_length, ffi::Py_sq_item]
+    if ![ffi::Py_tp_iter, ffi::Py_sq_length, ffi::Py_mp_length]
         .into_iter()
         .all(reads_as_list)
-        .then_some(list)
+    {
+        return None;
+    }
+    let _ = KNOWN_PLAIN.set(py, obj.get_type().unbind());
+    Some(list)
 }
 
 /// Appends the node of every Value in `list`, reading its items as borrowed references:
@@ -193,16 +209,22 @@ pub(crate) fn read_list(
 /// The items of `iterable` in a tuple of our own (the tuple itself when it is one): Python code
 /// run later cannot take an item out of it, as it can out of a list or an iterator.
 pub(crate) fn tuple_of<'py>(iterable: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
-    match iterable.cast_exact::<PyTuple>() {
-        Ok(tuple) => Ok(tuple.clone()),
-        // SAFETY: `iterable` is a valid object; `PySequence_Tuple` (Python's `tuple(x)`) returns
-        // a new reference, or null with an exception set, which this turns into Err.
-        Err(_) => unsafe {
-            Bound::from_owned_ptr_or_err(iterable.py(), ffi::PySequence_Tuple(iterable.as_ptr()))?
-                .cast_into::<PyTuple>()
-                .map_err(Into::into)
-        },
+    if let Ok(tuple) = iterable.cast_exact::<PyTuple>() {
+        return Ok(tuple.clone());
     }
+    let copy = match as_plain_list(iterable) {
+        // A list's storage is what iterating it gives (`as_plain_list`), copied in one call.
+        // SAFETY: `list` is a valid list; `PyList_AsTuple` returns a new reference, or null
+        // with an exception set, which `from_owned_ptr_or_err` turns into Err.
+        Some(list) => unsafe { ffi::PyList_AsTuple(list.as_ptr()) },
+        // SAFETY: `iterable` is a valid object; `PySequence_Tuple` (Python's `tuple(x)`) returns
+        // a new reference, or null with an exception set, as above.
+        None => unsafe { ffi::PySequence_Tuple(iterable.as_ptr()) },
+    };
+    // SAFETY: `copy` is a new reference to a tuple, or null with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(iterable.py(), copy) }?
+        .cast_into::<PyTuple>()
+        .map_err(Into::into)
 }
 
 /// What was read from the items of Python iterables, with the items themselves.
