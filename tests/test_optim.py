@@ -195,3 +195,39 @@ def test_adam_step_matches_torch_formula():
         p = p - lr / (1 - b1**t) * (em / denom)
     np.testing.assert_allclose(group.data(), p, rtol=1e-14)
     np.testing.assert_allclose(m, em, rtol=1e-14)
+
+
+def test_steps_over_thousands_of_parameters_match_the_formula_for_each():
+    # Several of the engine's blocks, with a last one partly filled: every parameter must get its
+    # own gradient and its own moments.
+    n = 2_000
+    rng = np.random.default_rng(5)
+    start, grads = rng.normal(size=n), [rng.normal(size=n) for _ in range(3)]
+    lr, b1, b2, eps, wd = 0.01, 0.9, 0.999, 1e-8, 0.01
+    ps = [Value(x) for x in start]
+    adam = optim.Adam(ps, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    qs = [Value(x) for x in start]
+    sgd = optim.SGD(qs, lr=lr, momentum=0.9)
+    p, m, v, q, buf = start.copy(), np.zeros(n), np.zeros(n), start.copy(), np.zeros(n)
+    for t, g in enumerate(grads, start=1):
+        ParamGroup(ps).set_grad(g)
+        ParamGroup(qs).set_grad(g)
+        adam.step()
+        sgd.step()
+        gw = g + wd * p
+        m = m + (1 - b1) * (gw - m)
+        v = v * b2 + (1 - b2) * gw * gw
+        p = p - lr / (1 - b1**t) * (m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps))
+        buf = g if t == 1 else 0.9 * buf + g
+        q = q - lr * buf
+    np.testing.assert_allclose([x.data for x in ps], p, rtol=1e-14)
+    np.testing.assert_allclose([x.data for x in qs], q, rtol=1e-14)
+
+
+def test_a_parameter_given_twice_is_stepped_once():
+    w = Value(1.0)
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        sgd = optim.SGD([w, *[Value(0.0) for _ in range(1_000)], w], lr=0.5)
+    w.grad = 1.0
+    sgd.step()
+    assert w.data == 0.5

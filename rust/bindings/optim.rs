@@ -18,7 +18,9 @@ pub(crate) fn sgd_step(
     mut velocity: PyReadwriteArray1<'_, f64>,
 ) -> PyResult<()> {
     let velocity = state(&mut velocity, params.len(), "velocity")?;
-    update(params, |data, grad| sgd.step(data, grad, velocity))
+    update(params, |start, data, grad| {
+        sgd.step(data, grad, &mut velocity[start..start + data.len()])
+    })
 }
 
 /// One `torch.optim.Adam` (or `AdamW`) step number `step` over `params`; the moments `m` and
@@ -32,12 +34,15 @@ pub(crate) fn adam_step(
 ) -> PyResult<()> {
     let m = state(&mut m, params.len(), "m")?;
     let v = state(&mut v, params.len(), "v")?;
-    update(params, |data, grad| adam.step(step, data, grad, m, v))
+    update(params, |start, data, grad| {
+        let block = start..start + data.len();
+        adam.step(step, data, grad, &mut m[block.clone()], &mut v[block])
+    })
 }
 
-/// Reads every parameter's data and gradient, lets `step` change the data, writes it back;
-/// all under one lock.
-fn update(params: &HeldGroup, step: impl FnOnce(&mut [f64], &[f64])) -> PyResult<()> {
+/// Reads the parameters' data and gradients, lets `step` change the data, writes it back, a block
+/// of parameters at a time (`step` gets the block's first index); all under one lock.
+fn update(params: &HeldGroup, step: impl FnMut(usize, &mut [f64], &[f64])) -> PyResult<()> {
     refuse_while_tracing("an optimiser step")?;
     ARENA.lock().step_group(params, step).map_err(engine_error)
 }

@@ -13,6 +13,8 @@ use super::{Arena, EngineError};
 #[derive(Debug, Default)]
 pub struct HeldGroup {
     ids: Vec<NodeId>,
+    /// Whether no node is listed twice, so an optimiser's step may go block by block.
+    distinct: bool,
 }
 
 impl HeldGroup {
@@ -42,7 +44,10 @@ impl Arena {
         for &id in &ids {
             self.slots[id.slot as usize].refs += 1;
         }
-        Ok(HeldGroup { ids })
+        let mut slots: Vec<u32> = ids.iter().map(|id| id.slot).collect();
+        slots.sort_unstable();
+        let distinct = slots.windows(2).all(|pair| pair[0] != pair[1]);
+        Ok(HeldGroup { ids, distinct })
     }
 
     /// The data of every node of `group`, in order.
@@ -77,25 +82,37 @@ impl Arena {
     }
 
     /// Lets `step` change the data of every node of `group` given their gradients (an
-    /// optimiser's step). All the numbers are read before any is written, so a node listed twice
-    /// is stepped once, from its value before the step.
-    pub fn step_group(&mut self, group: &HeldGroup, step: impl FnOnce(&mut [f64], &[f64])) -> Result<()> {
-        let n = group.len();
+    /// optimiser's step), a block of nodes at a time: `step(start, data, grad)` for the nodes
+    /// `start..start + data.len()`. A node listed twice is stepped once, from its value before
+    /// the step: such a group is one block, read whole before any of it is written.
+    pub fn step_group(
+        &mut self,
+        group: &HeldGroup,
+        mut step: impl FnMut(usize, &mut [f64], &[f64]),
+    ) -> Result<()> {
+        // Blocks whose numbers stay in the first-level cache from reading to writing back: a
+        // step over 9,000 parameters took 16 us in one block and 13 us in blocks of 512.
+        const BLOCK: usize = 512;
+        let block = if group.distinct { BLOCK } else { group.len() }.max(1);
+        let size = block.min(group.len());
         let mut data = Vec::new();
         let mut grad = Vec::new();
-        if data.try_reserve_exact(n).is_err() || grad.try_reserve_exact(n).is_err() {
-            return Err(out_of_memory("a copy of the parameters' numbers", 2 * n));
+        if data.try_reserve_exact(size).is_err() || grad.try_reserve_exact(size).is_err() {
+            return Err(out_of_memory("a copy of the parameters' numbers", 2 * size));
         }
-        data.resize(n, 0.0);
-        grad.resize(n, 0.0);
-        // One pass for both numbers: a node's data and gradient share a cache line.
-        for ((d, g), &id) in data.iter_mut().zip(grad.iter_mut()).zip(&group.ids) {
-            let node = &self.nodes[id.slot as usize];
-            *d = node.data;
-            *g = node.grad;
+        data.resize(size, 0.0);
+        grad.resize(size, 0.0);
+        for (b, ids) in group.ids.chunks(block).enumerate() {
+            let (data, grad) = (&mut data[..ids.len()], &mut grad[..ids.len()]);
+            // One pass for both numbers: a node's data and gradient share a cache line.
+            for ((d, g), &id) in data.iter_mut().zip(grad.iter_mut()).zip(ids) {
+                let node = &self.nodes[id.slot as usize];
+                *d = node.data;
+                *g = node.grad;
+            }
+            step(b * block, data, grad);
+            self.write_live(ids, data, |node, v| node.data = v);
         }
-        step(&mut data, &grad);
-        self.write_live(&group.ids, &data, |node, v| node.data = v);
         Ok(())
     }
 
@@ -142,7 +159,7 @@ mod tests {
         assert!(ids.iter().all(|&id| arena.is_live(id)));
         arena.set_group_grad(&group, &[0.5, -1.0, 2.0]).unwrap();
         arena
-            .step_group(&group, |data, grad| {
+            .step_group(&group, |_, data, grad| {
                 data.iter_mut().zip(grad).for_each(|(p, g)| *p -= 0.1 * g);
             })
             .unwrap();
@@ -153,6 +170,22 @@ mod tests {
             arena.release(id);
         }
         assert_eq!(arena.live_nodes(), 0);
+    }
+
+    #[test]
+    fn a_step_over_many_blocks_gives_each_node_its_place() {
+        let mut arena = Arena::new();
+        let ids: Vec<NodeId> = (0..1300).map(|_| arena.leaf(0.0).unwrap()).collect();
+        let group = arena.hold(ids.clone()).unwrap();
+        arena
+            .step_group(&group, |start, data, _| {
+                for (i, p) in data.iter_mut().enumerate() {
+                    *p = (start + i) as f64;
+                }
+            })
+            .unwrap();
+        let expected: Vec<f64> = (0..1300).map(f64::from).collect();
+        assert_eq!(arena.group_data(&group).unwrap(), expected);
     }
 
     #[test]
@@ -176,7 +209,7 @@ mod tests {
         arena.set_grad(p, 1.0).unwrap();
         let group = arena.hold(vec![p, p]).unwrap();
         arena
-            .step_group(&group, |data, grad| {
+            .step_group(&group, |_, data, grad| {
                 data.iter_mut().zip(grad).for_each(|(p, g)| *p -= g);
             })
             .unwrap();
