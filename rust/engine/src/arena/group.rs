@@ -1,7 +1,7 @@
 //! A group of nodes held alive together, such as a model's parameters: the arena keeps one
 //! reference to each on the group's behalf, so no node of the group can be freed while the group
 //! exists, and reading or writing all of them (zeroing gradients, an optimiser's step) checks no
-//! handle. For a model of 9,000 parameters those checks were a third of an Adam step.
+//! handle. For a model of 9,000 parameters those checks took about 5 us of every bulk call.
 
 use super::error::{out_of_memory, Result};
 use super::node::{Node, NodeId};
@@ -41,12 +41,16 @@ impl Arena {
     /// none of them.
     pub fn hold(&mut self, ids: Vec<NodeId>) -> Result<HeldGroup> {
         self.check_all(&ids, ids.len())?;
+        let mut slots = Vec::new();
+        slots
+            .try_reserve_exact(ids.len())
+            .map_err(|_| out_of_memory("a sorted copy of a group's nodes", ids.len()))?;
+        slots.extend(ids.iter().map(|id| id.slot));
+        slots.sort_unstable();
+        let distinct = slots.windows(2).all(|pair| pair[0] != pair[1]);
         for &id in &ids {
             self.slots[id.slot as usize].refs += 1;
         }
-        let mut slots: Vec<u32> = ids.iter().map(|id| id.slot).collect();
-        slots.sort_unstable();
-        let distinct = slots.windows(2).all(|pair| pair[0] != pair[1]);
         Ok(HeldGroup { ids, distinct })
     }
 
@@ -93,7 +97,7 @@ impl Arena {
         // Blocks whose numbers stay in the first-level cache from reading to writing back: a
         // step over 9,000 parameters took 16 us in one block and 13 us in blocks of 512.
         const BLOCK: usize = 512;
-        let block = if group.distinct { BLOCK } else { group.len() }.max(1);
+        let block = if group.distinct { BLOCK } else { group.len().max(1) };
         let size = block.min(group.len());
         let mut data = Vec::new();
         let mut grad = Vec::new();
