@@ -130,11 +130,9 @@ impl PyProgram {
     ) -> PyResult<Bound<'py, PyList>> {
         let ids = {
             let mut arena = ARENA.lock();
-            let mut children = self.program.params().to_vec();
-            children.extend_from_slice(attached);
             let mut ids = Vec::with_capacity(outputs.len());
             for Output { value, partials } in outputs {
-                match arena.compiled_call_as(how, value, &children, partials) {
+                match arena.compiled_call_as(how, value, &self.params, attached, partials) {
                     Ok(id) => ids.push(id),
                     Err(err) => {
                         release_all(&mut arena, &ids);

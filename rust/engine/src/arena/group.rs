@@ -15,6 +15,10 @@ pub struct HeldGroup {
     ids: Vec<NodeId>,
     /// Whether no node is listed twice, so an optimiser's step may go block by block.
     distinct: bool,
+    /// The slot of the earliest-born node below any of the group's nodes (`None` for no nodes).
+    /// It cannot change while the group holds them: a node's `earliest_below` is fixed when it is
+    /// made and kept alive by it, and renumbering births keeps their order.
+    earliest_below: Option<u32>,
 }
 
 impl HeldGroup {
@@ -28,6 +32,10 @@ impl HeldGroup {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    pub(super) fn earliest_below(&self) -> Option<u32> {
+        self.earliest_below
     }
 
     /// The nodes, each with the reference the group held, for the owner to release.
@@ -46,12 +54,17 @@ impl Arena {
             .try_reserve_exact(ids.len())
             .map_err(|_| out_of_memory("a sorted copy of a group's nodes", ids.len()))?;
         slots.extend(ids.iter().map(|id| id.slot));
+        let earliest_below = self.earliest_below_all(&slots);
         slots.sort_unstable();
         let distinct = slots.windows(2).all(|pair| pair[0] != pair[1]);
         for &id in &ids {
             self.slots[id.slot as usize].refs += 1;
         }
-        Ok(HeldGroup { ids, distinct })
+        Ok(HeldGroup {
+            ids,
+            distinct,
+            earliest_below,
+        })
     }
 
     /// The data of every node of `group`, in order.
@@ -190,6 +203,44 @@ mod tests {
             .unwrap();
         let expected: Vec<f64> = (0..1300).map(f64::from).collect();
         assert_eq!(arena.group_data(&group).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_call_over_a_held_group_is_the_call_over_its_nodes() {
+        use crate::op::Op;
+        // Held nodes with graphs below them (born before and after the other child), so that the
+        // sweep from the call must reach back to the earliest birth the group knows.
+        let mut arena = Arena::new();
+        let x = arena.leaf(0.5).unwrap();
+        let deep = arena.apply1(Op::Tanh, x).unwrap();
+        let other = arena.leaf(2.0).unwrap();
+        let y = arena.leaf(-1.5).unwrap();
+        let late = arena.apply2(Op::Mul, y, y).unwrap();
+        let held = vec![late, deep];
+        let group = arena.hold(held.clone()).unwrap();
+        let partials = vec![0.25, -2.0, 3.0];
+        let over = arena
+            .compiled_call_over(1.0, &group, &[other], partials.clone())
+            .unwrap();
+        arena.backward(over).unwrap();
+        let leaves = [x, y, other];
+        let grads_over: Vec<f64> = leaves.iter().map(|&l| arena.grad(l).unwrap()).collect();
+        leaves.iter().for_each(|&l| arena.set_grad(l, 0.0).unwrap());
+        let plain = arena.compiled_call(1.0, &[late, deep, other], partials).unwrap();
+        arena.backward(plain).unwrap();
+        let grads_plain: Vec<f64> = leaves.iter().map(|&l| arena.grad(l).unwrap()).collect();
+        assert_eq!(grads_over, grads_plain);
+        assert_ne!(grads_over[0], 0.0, "the sweep reached below the held nodes");
+        assert_eq!(arena.children(over).unwrap(), arena.children(plain).unwrap());
+        // A stale other child is refused before anything is made or referenced.
+        let live = arena.live_nodes();
+        let gone = arena.leaf(0.0).unwrap();
+        arena.release(gone);
+        assert_eq!(
+            arena.compiled_call_over(1.0, &group, &[gone], vec![0.0; 3]),
+            Err(EngineError::StaleHandle(gone))
+        );
+        assert_eq!(arena.live_nodes(), live);
     }
 
     #[test]

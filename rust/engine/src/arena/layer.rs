@@ -130,7 +130,7 @@ impl Arena {
     ) -> Result<NodeId> {
         let data = Op::Dot.forward(x);
         self.reserve_node(true)?;
-        let list = self.list_of(children)?;
+        let list = self.list_of(children, &[])?;
         for c in children {
             self.slots[c.slot as usize].refs += 1;
         }

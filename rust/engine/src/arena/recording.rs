@@ -4,7 +4,7 @@
 
 use super::error::{EngineError, Result};
 use super::node::NodeId;
-use super::Arena;
+use super::{Arena, HeldGroup};
 use crate::op::{Arity, Op};
 
 /// How new nodes are made.
@@ -46,17 +46,18 @@ impl Arena {
         Ok(id)
     }
 
-    /// A compiled call's output as `how` asks: the node of [`Arena::compiled_call`] or, without
-    /// grads, a leaf holding `value`.
+    /// A compiled call's output as `how` asks: the node of [`Arena::compiled_call_over`] (over
+    /// the program's parameters, then `others`) or, without grads, a leaf holding `value`.
     pub fn compiled_call_as(
         &mut self,
         how: Recording,
         value: f64,
-        children: &[NodeId],
+        params: &HeldGroup,
+        others: &[NodeId],
         partials: Vec<f64>,
     ) -> Result<NodeId> {
         if how.grads {
-            self.compiled_call(value, children, partials)
+            self.compiled_call_over(value, params, others, partials)
         } else {
             self.leaf(value)
         }
@@ -99,7 +100,9 @@ mod tests {
         assert_eq!(*arena.kind(y).unwrap(), Kind::Leaf);
         arena.backward(y).unwrap();
         assert_eq!(arena.grad(a).unwrap(), 0.0);
-        let z = arena.compiled_call_as(how, 7.0, &[a], vec![1.0]).unwrap();
+        let z = arena
+            .compiled_call_as(how, 7.0, &HeldGroup::default(), &[a], vec![1.0])
+            .unwrap();
         assert_eq!(
             (arena.data(z).unwrap(), *arena.kind(z).unwrap()),
             (7.0, Kind::Leaf)
