@@ -191,6 +191,8 @@ impl Arena {
         self.compiled_call_node(value, params, others, partials)
     }
 
+    /// The one maker of compiled calls' nodes: the children are `held`'s nodes, unchecked, and
+    /// then `others`.
     fn compiled_call_node(
         &mut self,
         value: f64,
