@@ -5,11 +5,13 @@
 //! about an object of the wrong type; and everything that keeps nodes alive past a call holds
 //! them as a [`HeldGroup`] (made by `Arena::hold`, given back by [`let_go`]).
 
+use std::ffi::c_int;
+use std::sync::OnceLock;
+
 use gradrs_engine::{Arena, HeldGroup, NodeId, ARENA};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyFloat, PyList, PyTuple, PyType};
+use pyo3::types::{PyFloat, PyList, PyTuple};
 use pyo3::{ffi, PyTypeInfo};
 
 use crate::value::{engine_error, wrap, PyValue};
@@ -156,31 +158,17 @@ pub(crate) fn as_plain_list<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> Option<&'a B
         return Some(list);
     }
     let list = obj.cast::<PyList>().ok()?;
-    // The first such subclass met (in practice `gradrs.nn`'s) is kept, so that the lists a model
-    // is made of pass with one comparison; holding it keeps its address from naming another type.
-    static KNOWN_PLAIN: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    let py = obj.py();
-    if let Some(known) = KNOWN_PLAIN.get(py) {
-        if obj.get_type().is(known.bind(py)) {
-            return Some(list);
-        }
-    }
-    let reads_as_list = |slot| {
-        // SAFETY: both are valid type objects (`obj`'s, and the static `list`), and
+    // Compared at every call, not remembered per type: a class's `__iter__` can be replaced later.
+    const SLOTS: [c_int; 3] = [ffi::Py_tp_iter, ffi::Py_sq_length, ffi::Py_mp_length];
+    let slots_of = |tp: *mut ffi::PyTypeObject| {
+        // SAFETY: `tp` is a valid type object (`obj`'s, or the static `list`), and
         // `PyType_GetSlot` only reads a slot's function pointer, which stays unused here.
-        unsafe {
-            ffi::PyType_GetSlot(ffi::Py_TYPE(obj.as_ptr()), slot)
-                == ffi::PyType_GetSlot(std::ptr::addr_of_mut!(ffi::PyList_Type), slot)
-        }
+        SLOTS.map(|slot| unsafe { ffi::PyType_GetSlot(tp, slot) } as usize)
     };
-    if ![ffi::Py_tp_iter, ffi::Py_sq_length, ffi::Py_mp_length]
-        .into_iter()
-        .all(reads_as_list)
-    {
-        return None;
-    }
-    let _ = KNOWN_PLAIN.set(py, obj.get_type().unbind());
-    Some(list)
+    // `list`'s own slots never change: read once.
+    static LIST_SLOTS: OnceLock<[usize; 3]> = OnceLock::new();
+    let list_slots = LIST_SLOTS.get_or_init(|| slots_of(std::ptr::addr_of_mut!(ffi::PyList_Type)));
+    (slots_of(obj.get_type_ptr()) == *list_slots).then_some(list)
 }
 
 /// Appends the node of every Value in `list`, reading its items as borrowed references:
