@@ -41,11 +41,7 @@ pub struct Adam {
 impl Adam {
     /// Step number `t` (1 for the first step) with moment estimates `m` and `v`.
     pub fn step(&self, t: u64, data: &mut [f64], grad: &[f64], m: &mut [f64], v: &mut [f64]) {
-        let t = i32::try_from(t.max(1)).unwrap_or(i32::MAX);
-        let constants = AdamConstants {
-            bias_correction2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
-            step_size: self.lr / (1.0 - self.beta1.powi(t)),
-        };
+        let constants = self.constants(t);
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU was just found to have AVX-512F, all `adam_avx512` asks of it.
@@ -53,6 +49,14 @@ impl Adam {
             return;
         }
         adam_update(self, &constants, data, grad, m, v);
+    }
+
+    fn constants(&self, t: u64) -> AdamConstants {
+        let t = i32::try_from(t.max(1)).unwrap_or(i32::MAX);
+        AdamConstants {
+            bias_correction2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
+            step_size: self.lr / (1.0 - self.beta1.powi(t)),
+        }
     }
 }
 
@@ -126,11 +130,7 @@ mod tests {
             let (mut p2, mut m2, mut v2) = (start, vec![0.0; n], vec![0.0; n]);
             for t in 1..=5u64 {
                 adam.step(t, &mut p1, &grad, &mut m1, &mut v1);
-                let k = AdamConstants {
-                    bias_correction2_sqrt: (1.0 - adam.beta2.powi(t as i32)).sqrt(),
-                    step_size: adam.lr / (1.0 - adam.beta1.powi(t as i32)),
-                };
-                adam_update(&adam, &k, &mut p2, &grad, &mut m2, &mut v2);
+                adam_update(&adam, &adam.constants(t), &mut p2, &grad, &mut m2, &mut v2);
             }
             let bits = |xs: &[f64]| xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&p1), bits(&p2));
