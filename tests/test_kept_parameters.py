@@ -229,3 +229,15 @@ def test_a_list_subclass_that_iterates_its_own_way_is_read_by_iterating():
     expected = sum(w * xi for w, xi in zip(reversed(weights), x, strict=True)) + neuron.b.data
     assert layer(x)[0].data == pytest.approx(expected, rel=1e-15)
     assert neuron(x).data == pytest.approx(expected, rel=1e-15)
+
+
+def test_a_list_class_whose_iteration_is_replaced_later_is_read_by_iterating():
+    layer = nn.Layer(3, 2, nonlin=False)
+    x = [1.0, 10.0, 100.0]
+    layer(x)  # the class's lists have been read in place before
+    nn._EditNotingList.__iter__ = lambda self: reversed(list(list.__iter__(self)))
+    try:
+        assert [v.data for v in layer(x)] == [n(x).data for n in layer.neurons]
+        assert [v.data for v in layer(x)] != [v.data for v in (n(x) for n in list.__iter__(layer.neurons))]
+    finally:
+        del nn._EditNotingList.__iter__
