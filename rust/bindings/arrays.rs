@@ -7,11 +7,11 @@ use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use pyo3::PyTypeInfo;
 
 use crate::handles::{as_plain_list, handles_of, let_go, list_of, read_list, release_all, Held};
 use crate::optim;
-use crate::value::{engine_error, refuse_while_tracing, PyValue};
+use crate::value::{engine_error, refuse_while_tracing};
+use crate::value_type::value_type;
 
 /// One new leaf Value per element of a 1-d float64 array.
 #[pyfunction]
@@ -44,12 +44,7 @@ pub fn _zero_grads(values: &Bound<'_, PyAny>) -> PyResult<()> {
     match as_plain_list(values) {
         // No Python code runs from the first item read to the end of the engine call, so the
         // list's own references keep every Value read alive.
-        Some(list) => read_list(
-            &mut held.read,
-            list,
-            PyValue::type_object_raw(values.py()),
-            "values",
-        )?,
+        Some(list) => read_list(&mut held.read, list, value_type(), "values")?,
         None => {
             held.values(values, "values")?;
         }

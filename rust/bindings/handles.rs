@@ -10,11 +10,12 @@ use std::sync::OnceLock;
 
 use gradrs_engine::{Arena, HeldGroup, NodeId, ARENA};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyList, PyTuple};
-use pyo3::{ffi, PyTypeInfo};
 
-use crate::value::{engine_error, wrap, PyValue};
+use crate::value::{engine_error, wrap};
+use crate::value_type::{node, node_unchecked, value_type};
 
 /// What `what` must be, for the error messages (one form for every caller).
 const REAL_NUMBER: &str = "a real number (int, float or numpy scalar)";
@@ -30,8 +31,8 @@ pub(crate) enum Operand {
 /// are tried first: they are almost every operand an operator, a sum or a layer sees.
 #[inline]
 pub(crate) fn operand(obj: &Bound<'_, PyAny>) -> PyResult<Operand> {
-    if let Ok(value) = obj.cast_exact::<PyValue>() {
-        return Ok(Operand::Node(value.get().id));
+    if let Some(id) = node(obj) {
+        return Ok(Operand::Node(id));
     }
     if let Ok(number) = obj.cast_exact::<PyFloat>() {
         return Ok(Operand::Number(number.value()));
@@ -39,13 +40,10 @@ pub(crate) fn operand(obj: &Bound<'_, PyAny>) -> PyResult<Operand> {
     other_operand(obj)
 }
 
-/// [`operand`] for anything but an exact Value or float: a Value's subclass, or a number of
-/// another type (int, numpy scalar, anything with `__float__` or `__index__`).
+/// [`operand`] for anything but a Value or an exact float: a number of another type (int,
+/// numpy scalar, anything with `__float__` or `__index__`).
 #[inline(never)]
 fn other_operand(obj: &Bound<'_, PyAny>) -> PyResult<Operand> {
-    if let Ok(value) = obj.cast::<PyValue>() {
-        return Ok(Operand::Node(value.get().id));
-    }
     obj.extract::<f64>().map(Operand::Number)
 }
 
@@ -90,7 +88,7 @@ pub(crate) fn real_number(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
     if let Ok(number) = obj.cast_exact::<PyFloat>() {
         return Ok(number.value());
     }
-    if obj.is_instance_of::<PyValue>() {
+    if node(obj).is_some() {
         return Err(PyTypeError::new_err(format!(
             "{what} must be {REAL_NUMBER}, not Value; use v.data for its number"
         )));
@@ -132,20 +130,17 @@ pub(crate) fn node_of(
     if item.get_type_ptr() == value_type {
         // SAFETY: the item's type is exactly Value's, checked just above (a pointer
         // comparison: a layer reads a few hundred weights per call).
-        return Ok(unsafe { item.cast_unchecked::<PyValue>() }.get().id);
+        return Ok(unsafe { node_unchecked(item.as_ptr()) });
     }
-    node_of_subclass(item, what, i)
+    Err(not_a_value(item, what, i))
 }
 
-/// `node_of` for anything but an exact Value: kept out of line so a layer's loop over its
-/// weights stays a load and a comparison per weight.
+/// The error of `node_of`, kept out of line so a layer's loop over its weights stays a load
+/// and a comparison per weight.
 #[cold]
 #[inline(never)]
-fn node_of_subclass(item: &Bound<'_, PyAny>, what: &str, i: usize) -> PyResult<NodeId> {
-    match item.cast::<PyValue>() {
-        Ok(value) => Ok(value.get().id),
-        Err(_) => Err(wrong_item(what, "Values", i, item)),
-    }
+fn not_a_value(item: &Bound<'_, PyAny>, what: &str, i: usize) -> PyErr {
+    wrong_item(what, "Values", i, item)
 }
 
 /// `obj` as a list whose items can be read straight from its storage: an exact list, or a
@@ -284,7 +279,7 @@ impl<'py> Held<'py, NodeId> {
     /// Appends the nodes of the Values in `iterable`; anything else is a TypeError naming
     /// `what` and the item's position.
     pub(crate) fn values(&mut self, iterable: &Bound<'py, PyAny>, what: &str) -> PyResult<usize> {
-        let value_type = PyValue::type_object_raw(iterable.py());
+        let value_type = value_type();
         self.extend(iterable, |item, i| node_of(item, value_type, what, i))
     }
 }
@@ -302,9 +297,9 @@ impl<'py> Held<'py, Option<NodeId>> {
             if item.is_none() {
                 return Ok(None);
             }
-            match item.cast::<PyValue>() {
-                Ok(value) => Ok(Some(value.get().id)),
-                Err(_) => Err(wrong_item(what, "Values or None", i, item)),
+            match node(item) {
+                Some(id) => Ok(Some(id)),
+                None => Err(wrong_item(what, "Values or None", i, item)),
             }
         })
     }

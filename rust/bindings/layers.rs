@@ -8,12 +8,12 @@ use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
-use pyo3::PyTypeInfo;
 
 use crate::handles::{
     as_plain_list, list_of, node_of, read_list, release_all, resolve, tuple_of, wrong_item, Held,
 };
-use crate::value::{engine_error, recording, PyValue};
+use crate::value::{engine_error, recording};
+use crate::value_type::value_type;
 
 fn activation(name: &str) -> PyResult<Option<Op>> {
     match name {
@@ -83,7 +83,7 @@ fn read_in_place(
     biases: &Bound<'_, PyList>,
     nin: usize,
 ) -> PyResult<()> {
-    let value_type = PyValue::type_object_raw(biases.py());
+    let value_type = value_type();
     for (j, row) in rows.iter().enumerate() {
         if row.len() != nin {
             return Err(wrong_row(j, row.len(), nin));
@@ -206,7 +206,7 @@ pub fn _layer<'py>(
         // From the first weight read to the engine call no Python code runs, so the lists'
         // own references (and `rows`, which holds the lists) keep every Value read alive.
         Some(lists) => {
-            let value_type = PyValue::type_object_raw(py);
+            let value_type = value_type();
             for (j, row) in lists.iter().enumerate() {
                 if row.len() != nin {
                     return Err(wrong_row(j, row.len(), nin));
@@ -223,7 +223,7 @@ pub fn _layer<'py>(
             }
         }
     }
-    let value_type = PyValue::type_object_raw(py);
+    let value_type = value_type();
     for (j, bias) in biases.iter().enumerate() {
         params.read.push(node_of(bias, value_type, "layer biases", j)?);
     }

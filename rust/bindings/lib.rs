@@ -8,6 +8,7 @@ mod handles;
 mod layers;
 mod optim;
 mod value;
+mod value_type;
 
 #[pyo3::pymodule(gil_used = false)]
 mod _core {
@@ -16,7 +17,7 @@ mod _core {
     #[pymodule_export]
     use crate::value::{
         _capacity, _live_nodes, _restore_value, _set_detect_anomaly, _set_grad_enabled, _set_tracing,
-        is_grad_enabled, AnomalyError, PyValue, TraceError,
+        is_grad_enabled, AnomalyError, TraceError,
     };
 
     #[pymodule_export]
@@ -40,6 +41,7 @@ mod _core {
         let py = m.py();
         numpy::get_array_module(py)?;
         drop(numpy::PyArray1::<f64>::zeros(py, 0, false));
+        crate::value_type::add_to(m)?;
         crate::value::apply_max_nodes_from_env()?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))
     }

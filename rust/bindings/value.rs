@@ -1,4 +1,5 @@
-//! `gradrs.Value`: a Python handle to one node of the shared arena.
+//! `gradrs.Value`: a Python handle to one node of the shared arena. This file says what each
+//! of its methods does; `value_type.rs` is how CPython calls them.
 //!
 //! Every method converts its arguments, takes the arena's lock for pure-Rust work
 //! only, and builds Python objects after letting go of it (a Python allocation can
@@ -8,14 +9,20 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use std::ffi::c_int;
+
 use gradrs_engine::{Arena, EngineError, NodeId, Op, Recording, ARENA};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyFloat, PySet, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyFloat, PySet, PyTuple};
+
+pub(crate) use gradrs_engine::op::SOFTPLUS_THRESHOLD;
 
 use crate::handles::{not_an_operand, operand, real_number, Operand};
+use crate::value_type::node;
+pub(crate) use crate::value_type::wrap;
 
 pyo3::create_exception!(
     gradrs,
@@ -86,18 +93,6 @@ fn traced_read(what: &str) -> PyErr {
     ))
 }
 
-/// A scalar value and its gradient, recorded in the graph that produced it.
-#[pyclass(name = "Value", module = "gradrs", frozen, weakref)]
-pub struct PyValue {
-    pub(crate) id: NodeId,
-}
-
-impl Drop for PyValue {
-    fn drop(&mut self) {
-        ARENA.release_soon(self.id);
-    }
-}
-
 #[cold]
 pub(crate) fn engine_error(err: EngineError) -> PyErr {
     match err {
@@ -136,20 +131,6 @@ pub(crate) fn recording() -> PyResult<Recording> {
 
 pub(crate) fn grad_enabled() -> bool {
     THREADS_WITHOUT_GRAD.load(Ordering::Relaxed) == 0 || GRAD_ENABLED.with(Cell::get)
-}
-
-/// Wraps a node that already holds one reference for its new handle.
-pub(crate) fn wrap(py: Python<'_>, id: NodeId) -> PyResult<Py<PyAny>> {
-    // On failure the PyValue is dropped, which releases the reference.
-    let handle = Bound::new(py, PyValue { id })?;
-    // A Value refers to no Python object, so it can never be part of a reference
-    // cycle; keeping it out of the cyclic collector's lists spares every
-    // collection a visit per live Value (micrograd spends most of its time there).
-    // SAFETY: `handle` is a valid, fully initialised object owned by this thread;
-    // untracking only removes it from the collector's lists, and PyO3's
-    // deallocator tolerates an untracked object.
-    unsafe { pyo3::ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) };
-    Ok(handle.into_any().unbind())
 }
 
 /// Applies `op` to `children` as a new node (or, under `no_grad`, makes just its value a new
@@ -196,355 +177,323 @@ fn canonical_handle(py: Python<'_>, id: NodeId) -> PyResult<Py<PyAny>> {
     Ok(handle)
 }
 
-impl PyValue {
-    fn unary(&self, py: Python<'_>, op: Op) -> PyResult<Py<PyAny>> {
-        apply(py, op, &[self.id])
-    }
+/// An arithmetic operator: its op on two Values, and its one-child op for a number on the
+/// right (`v - 2`) or on the left (`2 - v`).
+#[derive(Clone, Copy)]
+pub(crate) struct Arithmetic {
+    pub both: Op,
+    pub number_right: fn(f64) -> Op,
+    pub number_left: fn(f64) -> Op,
+}
 
-    /// `self ⊕ other`, with `on_number` giving the single-child op for a number.
-    fn binary(
-        &self,
-        other: &Bound<'_, PyAny>,
-        op: Op,
-        on_number: impl FnOnce(f64) -> Op,
-    ) -> PyResult<Py<PyAny>> {
-        let py = other.py();
-        match operand(other) {
-            Ok(Operand::Node(b)) => apply(py, op, &[self.id, b]),
-            Ok(Operand::Number(c)) => apply(py, on_number(c), &[self.id]),
-            Err(err) => not_an_operand(other, err),
-        }
-    }
+fn subtract_number(c: f64) -> Op {
+    Op::AddScalar(-c)
+}
 
-    /// `other ⊕ self` for a number `other` (Python tries `self.__rop__` only when
-    /// `other` is not a Value).
-    fn reflected(&self, other: &Bound<'_, PyAny>, on_number: impl FnOnce(f64) -> Op) -> PyResult<Py<PyAny>> {
-        let py = other.py();
-        match operand(other) {
-            Ok(Operand::Number(c)) => apply(py, on_number(c), &[self.id]),
-            Ok(Operand::Node(_)) => Ok(py.NotImplemented()),
-            Err(err) => not_an_operand(other, err),
-        }
+pub(crate) const ADD: Arithmetic = Arithmetic {
+    both: Op::Add,
+    number_right: Op::AddScalar,
+    number_left: Op::AddScalar,
+};
+pub(crate) const SUBTRACT: Arithmetic = Arithmetic {
+    both: Op::Sub,
+    number_right: subtract_number,
+    number_left: Op::ScalarSub,
+};
+pub(crate) const MULTIPLY: Arithmetic = Arithmetic {
+    both: Op::Mul,
+    number_right: Op::MulScalar,
+    number_left: Op::MulScalar,
+};
+pub(crate) const DIVIDE: Arithmetic = Arithmetic {
+    both: Op::Div,
+    number_right: Op::DivScalar,
+    number_left: Op::ScalarDiv,
+};
+pub(crate) const POWER: Arithmetic = Arithmetic {
+    both: Op::Pow,
+    number_right: Op::PowScalar,
+    number_left: Op::ScalarPow,
+};
+
+/// `x ⊕ y` where one of them is a Value, for operands of any type: a Value, a real number
+/// (int, float, numpy scalar, anything with `__float__` or `__index__`), or anything else, for
+/// which Python is told `NotImplemented` (and raises its usual TypeError).
+pub(crate) fn arithmetic(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    y: &Bound<'_, PyAny>,
+    how: Arithmetic,
+) -> PyResult<Py<PyAny>> {
+    if let Some(a) = node(x) {
+        return match operand(y) {
+            Ok(Operand::Node(b)) => apply(py, how.both, &[a, b]),
+            Ok(Operand::Number(c)) => apply(py, (how.number_right)(c), &[a]),
+            Err(err) => not_an_operand(y, err),
+        };
+    }
+    // Python calls the slot of the right operand only when the left one is not a Value.
+    let Some(b) = node(y) else {
+        return Ok(py.NotImplemented());
+    };
+    match operand(x) {
+        Ok(Operand::Number(c)) => apply(py, (how.number_left)(c), &[b]),
+        Ok(Operand::Node(_)) => Ok(py.NotImplemented()),
+        Err(err) => not_an_operand(x, err),
     }
 }
 
-#[pymethods]
-impl PyValue {
-    #[new]
-    #[pyo3(signature = (data, label = None))]
-    fn new(data: &Bound<'_, PyAny>, label: Option<String>) -> PyResult<Self> {
-        let data = real_number(data, "Value data")?;
-        let id = new_leaf(data)?;
-        if label.is_some() {
-            ARENA.lock().set_label(id, label).map_err(engine_error)?;
+#[cold]
+pub(crate) fn modulo_refused() -> PyErr {
+    PyTypeError::new_err("pow() with a modulus is not supported for Value")
+}
+
+/// The TypeError for argument `name` of `Value.method()`, which must be a real number.
+#[cold]
+pub(crate) fn argument_error(method: &str, name: &str, given: &Bound<'_, PyAny>) -> PyErr {
+    PyTypeError::new_err(format!(
+        "Value.{method}() argument '{name}' must be a real number, not {}",
+        crate::handles::type_name(given)
+    ))
+}
+
+/// `Value(data, label=None)`: a new leaf.
+pub(crate) fn new(args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<NodeId> {
+    const NAMES: [&str; 2] = ["data", "label"];
+    if args.len() > NAMES.len() {
+        return Err(PyTypeError::new_err(format!(
+            "Value() takes at most 2 arguments ({} given)",
+            args.len()
+        )));
+    }
+    let mut given: [Option<Bound<'_, PyAny>>; 2] = [args.get_item(0).ok(), args.get_item(1).ok()];
+    for (key, item) in kwargs.into_iter().flatten() {
+        let key = key.extract::<String>()?;
+        let Some(i) = NAMES.iter().position(|name| *name == key) else {
+            return Err(PyTypeError::new_err(format!(
+                "Value() got an unexpected keyword argument '{key}'"
+            )));
+        };
+        if given[i].replace(item).is_some() {
+            return Err(PyTypeError::new_err(format!(
+                "Value() got multiple values for argument '{key}'"
+            )));
         }
-        Ok(PyValue { id })
     }
-
-    /// The number this Value holds.
-    #[getter]
-    fn get_data(&self) -> PyResult<f64> {
-        refuse_while_tracing("reading .data")?;
-        ARENA.lock().data(self.id).map_err(engine_error)
+    let [data, label] = given;
+    let data = data.ok_or_else(|| PyTypeError::new_err("Value() missing required argument 'data'"))?;
+    let data = real_number(&data, "Value data")?;
+    let label: Option<String> = match label {
+        Some(label) => label.extract()?,
+        None => None,
+    };
+    let id = new_leaf(data)?;
+    if label.is_some() {
+        if let Err(err) = ARENA.lock().set_label(id, label) {
+            ARENA.release_soon(id);
+            return Err(engine_error(err));
+        }
     }
+    Ok(id)
+}
 
-    #[setter]
-    fn set_data(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        refuse_while_tracing("setting .data")?;
-        let value = real_number(value, "Value.data")?;
-        ARENA.lock().set_data(self.id, value).map_err(engine_error)
+/// `v.data`.
+pub(crate) fn data(id: NodeId) -> PyResult<f64> {
+    refuse_while_tracing("reading .data")?;
+    ARENA.lock().data(id).map_err(engine_error)
+}
+
+/// `v.data = value`.
+pub(crate) fn set_data(id: NodeId, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    refuse_while_tracing("setting .data")?;
+    let value = real_number(value, "Value.data")?;
+    ARENA.lock().set_data(id, value).map_err(engine_error)
+}
+
+/// `v.grad`.
+pub(crate) fn grad(id: NodeId) -> PyResult<f64> {
+    refuse_while_tracing("reading .grad")?;
+    ARENA.lock().grad(id).map_err(engine_error)
+}
+
+/// `v.grad = value`.
+pub(crate) fn set_grad(id: NodeId, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    refuse_while_tracing("setting .grad")?;
+    let value = real_number(value, "Value.grad")?;
+    ARENA.lock().set_grad(id, value).map_err(engine_error)
+}
+
+/// `v.label` ('' when it has none).
+pub(crate) fn label(id: NodeId) -> PyResult<String> {
+    let arena = ARENA.lock();
+    Ok(arena.label(id).map_err(engine_error)?.unwrap_or("").to_owned())
+}
+
+/// `v.label = label`.
+pub(crate) fn set_label(id: NodeId, label: Option<String>) -> PyResult<()> {
+    ARENA.lock().set_label(id, label).map_err(engine_error)
+}
+
+/// `v._op`: the op that made the Value, as micrograd spells it.
+pub(crate) fn op_symbol(id: NodeId) -> PyResult<String> {
+    Ok(ARENA.lock().kind(id).map_err(engine_error)?.symbol())
+}
+
+/// `v._op_detail`: the op with any constant it holds.
+pub(crate) fn op_detail(id: NodeId) -> PyResult<String> {
+    Ok(ARENA.lock().kind(id).map_err(engine_error)?.describe())
+}
+
+/// `v._prev`: the children as a set of their canonical handles.
+pub(crate) fn prev(py: Python<'_>, id: NodeId) -> PyResult<Bound<'_, PySet>> {
+    let children = ARENA.lock().children(id).map_err(engine_error)?;
+    let set = PySet::empty(py)?;
+    for child in children {
+        set.add(canonical_handle(py, child)?)?;
     }
+    Ok(set)
+}
 
-    /// d(output)/d(this Value) from the last `backward()`; accumulates on leaves.
-    #[getter]
-    fn get_grad(&self) -> PyResult<f64> {
-        refuse_while_tracing("reading .grad")?;
-        ARENA.lock().grad(self.id).map_err(engine_error)
-    }
+/// `v._children`: the children in order, with repeats.
+pub(crate) fn children(py: Python<'_>, id: NodeId) -> PyResult<Bound<'_, PyTuple>> {
+    let children = ARENA.lock().children(id).map_err(engine_error)?;
+    let handles = children
+        .into_iter()
+        .map(|child| canonical_handle(py, child))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyTuple::new(py, handles)
+}
 
-    #[setter]
-    fn set_grad(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        refuse_while_tracing("setting .grad")?;
-        let value = real_number(value, "Value.grad")?;
-        ARENA.lock().set_grad(self.id, value).map_err(engine_error)
-    }
+/// `v._backward()`: one step of the chain rule.
+pub(crate) fn backward_one_step(id: NodeId) -> PyResult<()> {
+    refuse_while_tracing("calling _backward()")?;
+    ARENA.lock().propagate(id).map_err(engine_error)
+}
 
-    /// An optional name, shown in graph pictures.
-    #[getter]
-    fn get_label(&self) -> PyResult<String> {
-        let arena = ARENA.lock();
-        Ok(arena
-            .label(self.id)
+/// `v.backward()`, in chunks with Ctrl-C honoured between them.
+pub(crate) fn backward(py: Python<'_>, id: NodeId) -> PyResult<()> {
+    refuse_while_tracing("calling backward()")?;
+    let check = DETECT_ANOMALY.load(Ordering::Relaxed);
+    let mut pass = {
+        let mut arena = ARENA.lock();
+        let mut pass = arena.begin_backward(id, check).map_err(engine_error)?;
+        if arena
+            .backward_step(&mut pass, BACKWARD_CHUNK)
             .map_err(engine_error)?
-            .unwrap_or("")
-            .to_owned())
-    }
-
-    #[setter]
-    fn set_label(&self, label: Option<String>) -> PyResult<()> {
-        ARENA.lock().set_label(self.id, label).map_err(engine_error)
-    }
-
-    /// The op that produced this Value, as micrograd spells it ('' for a leaf).
-    #[getter]
-    fn _op(&self) -> PyResult<String> {
-        Ok(ARENA.lock().kind(self.id).map_err(engine_error)?.symbol())
-    }
-
-    /// The op with any constant it holds (`'+ 2'`, `'/'`), for pictures.
-    #[getter]
-    fn _op_detail(&self) -> PyResult<String> {
-        Ok(ARENA.lock().kind(self.id).map_err(engine_error)?.describe())
-    }
-
-    /// The Values this one was computed from, as a set (as in micrograd).
-    #[getter]
-    fn _prev<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
-        let children = ARENA.lock().children(self.id).map_err(engine_error)?;
-        let set = PySet::empty(py)?;
-        for child in children {
-            set.add(canonical_handle(py, child)?)?;
+        {
+            return Ok(());
         }
-        Ok(set)
-    }
-
-    /// The children in order, with repeats (`a * a` gives two).
-    #[getter]
-    fn _children<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let children = ARENA.lock().children(self.id).map_err(engine_error)?;
-        let handles = children
-            .into_iter()
-            .map(|child| canonical_handle(py, child))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyTuple::new(py, handles)
-    }
-
-    fn __add__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.binary(other, Op::Add, Op::AddScalar)
-    }
-
-    fn __radd__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.reflected(other, Op::AddScalar)
-    }
-
-    fn __sub__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.binary(other, Op::Sub, |c| Op::AddScalar(-c))
-    }
-
-    fn __rsub__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.reflected(other, Op::ScalarSub)
-    }
-
-    fn __mul__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.binary(other, Op::Mul, Op::MulScalar)
-    }
-
-    fn __rmul__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.reflected(other, Op::MulScalar)
-    }
-
-    fn __truediv__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.binary(other, Op::Div, Op::DivScalar)
-    }
-
-    fn __rtruediv__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.reflected(other, Op::ScalarDiv)
-    }
-
-    fn __pow__(&self, exponent: &Bound<'_, PyAny>, modulo: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
-        refuse_modulo(modulo)?;
-        self.binary(exponent, Op::Pow, Op::PowScalar)
-    }
-
-    fn __rpow__(&self, base: &Bound<'_, PyAny>, modulo: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
-        refuse_modulo(modulo)?;
-        self.reflected(base, Op::ScalarPow)
-    }
-
-    fn __neg__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.unary(py, Op::Neg)
-    }
-
-    /// max(0, x); its gradient at exactly 0 is 0, as in micrograd and PyTorch.
-    fn relu(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.unary(py, Op::Relu)
-    }
-
-    fn tanh(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.unary(py, Op::Tanh)
-    }
-
-    fn exp(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.unary(py, Op::Exp)
-    }
-
-    /// The natural logarithm (-inf at 0, nan below).
-    fn log(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.unary(py, Op::Log)
-    }
-
-    fn sigmoid(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.unary(py, Op::Sigmoid)
-    }
-
-    /// log(1 + exp(x)) without overflow, as PyTorch's `softplus`: x itself above
-    /// `threshold` (PyTorch's 20); `threshold=math.inf` gives the exact value everywhere.
-    // The default is written out (op::SOFTPLUS_THRESHOLD) so that Python's signature shows it.
-    #[pyo3(signature = (threshold = 20.0))]
-    fn softplus(&self, py: Python<'_>, threshold: f64) -> PyResult<Py<PyAny>> {
-        self.unary(py, Op::Softplus(threshold))
-    }
-
-    /// One step of the chain rule, as micrograd's `_backward`: adds this Value's `grad` times
-    /// each local derivative to its children's `grad` (the lecture's backward by hand).
-    fn _backward(&self) -> PyResult<()> {
-        refuse_while_tracing("calling _backward()")?;
-        ARENA.lock().propagate(self.id).map_err(engine_error)
-    }
-
-    /// Fills `.grad` of every Value this one depends on with d(self)/d(that).
-    ///
-    /// Leaves accumulate across calls until reset (`p.grad = 0` or
-    /// `model.zero_grad()`); interior gradients are recomputed on each call.
-    ///
-    /// A graph of millions of nodes is processed in chunks, and Ctrl-C (or any signal
-    /// whose Python handler raises) is honoured between them: the exception propagates
-    /// and the gradients are left partial. A RuntimeError says so likewise if another
-    /// backward pass ran in between (from a signal handler, say).
-    fn backward(&self, py: Python<'_>) -> PyResult<()> {
-        refuse_while_tracing("calling backward()")?;
-        let check = DETECT_ANOMALY.load(Ordering::Relaxed);
-        let mut pass = {
-            let mut arena = ARENA.lock();
-            let mut pass = arena.begin_backward(self.id, check).map_err(engine_error)?;
-            if arena
-                .backward_step(&mut pass, BACKWARD_CHUNK)
-                .map_err(engine_error)?
-            {
-                return Ok(());
-            }
-            pass
-        };
-        loop {
-            // Outside the lock: a signal handler is Python code and may use Values itself.
-            py.check_signals()?;
-            let mut arena = ARENA.lock();
-            if arena
-                .backward_step(&mut pass, BACKWARD_CHUNK)
-                .map_err(engine_error)?
-            {
-                return Ok(());
-            }
+        pass
+    };
+    loop {
+        // Outside the lock: a signal handler is Python code and may use Values itself.
+        py.check_signals()?;
+        let mut arena = ARENA.lock();
+        if arena
+            .backward_step(&mut pass, BACKWARD_CHUNK)
+            .map_err(engine_error)?
+        {
+            return Ok(());
         }
-    }
-
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        if tracing() {
-            // Printing inside a traced function is common; the numbers there are only stand-ins.
-            return Ok("Value(<traced>)".to_owned());
-        }
-        let (data, grad) = {
-            let arena = ARENA.lock();
-            (arena.data(self.id), arena.grad(self.id))
-        };
-        let data = PyFloat::new(py, data.map_err(engine_error)?).repr()?;
-        let grad = PyFloat::new(py, grad.map_err(engine_error)?).repr()?;
-        Ok(format!("Value(data={data}, grad={grad})"))
-    }
-
-    /// A copy is a new leaf with the same data, grad and label.
-    fn __copy__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        refuse_while_tracing("copying a Value (a copy is a new leaf holding the current number)")?;
-        let id = {
-            let mut arena = ARENA.lock();
-            let (data, grad) = (arena.data(self.id), arena.grad(self.id));
-            let label = arena.label(self.id).map_err(engine_error)?.map(str::to_owned);
-            let id = arena.leaf(data.map_err(engine_error)?).map_err(engine_error)?;
-            arena
-                .set_grad(id, grad.map_err(engine_error)?)
-                .map_err(engine_error)?;
-            arena.set_label(id, label).map_err(engine_error)?;
-            id
-        };
-        wrap(py, id)
-    }
-
-    fn __deepcopy__(&self, py: Python<'_>, _memo: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.__copy__(py)
-    }
-
-    /// Pickles as a leaf: data, grad and label (the graph is not saved).
-    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        refuse_while_tracing("pickling a Value")?;
-        let (data, grad, label) = {
-            let arena = ARENA.lock();
-            (
-                arena.data(self.id).map_err(engine_error)?,
-                arena.grad(self.id).map_err(engine_error)?,
-                arena
-                    .label(self.id)
-                    .map_err(engine_error)?
-                    .unwrap_or("")
-                    .to_owned(),
-            )
-        };
-        let rebuild = py.import("gradrs._core")?.getattr("_restore_value")?;
-        PyTuple::new(py, [rebuild, (data, grad, label).into_pyobject(py)?.into_any()])
-    }
-
-    /// Values compare by identity, as micrograd's do (two handles to one node are equal); they
-    /// have no order. While a trace runs, a Value may stand in for a number the caller passed,
-    /// and a number compares by value: any comparison but identity is refused there.
-    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
-        let py = other.py();
-        let same = other.cast::<PyValue>().ok().map(|v| v.get().id == self.id);
-        let equality = match op {
-            CompareOp::Eq => Some(true),
-            CompareOp::Ne => Some(false),
-            _ => None,
-        };
-        match (equality, same) {
-            (Some(eq), Some(true)) => Ok(PyBool::new(py, eq).to_owned().into_any().unbind()),
-            _ if tracing() => Err(traced_read("comparing a Value")),
-            (Some(eq), Some(false)) => Ok(PyBool::new(py, !eq).to_owned().into_any().unbind()),
-            _ => Ok(py.NotImplemented()),
-        }
-    }
-
-    fn __hash__(&self) -> u64 {
-        (u64::from(self.id.gen) << 32) | u64::from(self.id.slot)
-    }
-
-    /// Always true, as for any Python object (micrograd's Value has no `__bool__`); refused
-    /// while tracing, where the Value may stand in for a number whose truth depends on it.
-    fn __bool__(&self) -> PyResult<bool> {
-        refuse_while_tracing("the truth value of a Value (`if v:`)")?;
-        Ok(true)
-    }
-
-    /// `float(v)` is refused, as micrograd's Value has no `__float__`: read `v.data`.
-    fn __float__(&self) -> PyResult<f64> {
-        refuse_while_tracing("float() of a Value")?;
-        Err(PyTypeError::new_err(
-            "float() argument must be a string or a real number, not 'gradrs.Value'; read v.data for its number",
-        ))
-    }
-
-    /// Makes numpy hand `ndarray * Value` to `Value.__rmul__` instead of
-    /// building an object array.
-    #[classattr]
-    fn __array_ufunc__(py: Python<'_>) -> Py<PyAny> {
-        py.None()
     }
 }
 
-fn refuse_modulo(modulo: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-    match modulo {
-        Some(m) if !m.is_none() => Err(PyTypeError::new_err(
-            "pow() with a modulus is not supported for Value",
-        )),
-        _ => Ok(()),
+/// `repr(v)`.
+pub(crate) fn repr(py: Python<'_>, id: NodeId) -> PyResult<String> {
+    if tracing() {
+        // Printing inside a traced function is common; the numbers there are only stand-ins.
+        return Ok("Value(<traced>)".to_owned());
     }
+    let (data, grad) = {
+        let arena = ARENA.lock();
+        (arena.data(id), arena.grad(id))
+    };
+    let data = PyFloat::new(py, data.map_err(engine_error)?).repr()?;
+    let grad = PyFloat::new(py, grad.map_err(engine_error)?).repr()?;
+    Ok(format!("Value(data={data}, grad={grad})"))
+}
+
+/// `copy.copy(v)` and `copy.deepcopy(v)`: a new leaf with the same data, grad and label.
+pub(crate) fn copy(py: Python<'_>, id: NodeId) -> PyResult<Py<PyAny>> {
+    refuse_while_tracing("copying a Value (a copy is a new leaf holding the current number)")?;
+    let copy = {
+        let mut arena = ARENA.lock();
+        let (data, grad) = (arena.data(id), arena.grad(id));
+        let label = arena.label(id).map_err(engine_error)?.map(str::to_owned);
+        let copy = arena.leaf(data.map_err(engine_error)?).map_err(engine_error)?;
+        let written = grad
+            .and_then(|grad| arena.set_grad(copy, grad))
+            .and_then(|()| arena.set_label(copy, label));
+        if let Err(err) = written {
+            arena.release(copy);
+            return Err(engine_error(err));
+        }
+        copy
+    };
+    wrap(py, copy)
+}
+
+/// `v.__reduce__()`: pickled as a leaf (data, grad and label; the graph is not saved).
+pub(crate) fn reduce(py: Python<'_>, id: NodeId) -> PyResult<Bound<'_, PyTuple>> {
+    refuse_while_tracing("pickling a Value")?;
+    let (data, grad, label) = {
+        let arena = ARENA.lock();
+        (
+            arena.data(id).map_err(engine_error)?,
+            arena.grad(id).map_err(engine_error)?,
+            arena.label(id).map_err(engine_error)?.unwrap_or("").to_owned(),
+        )
+    };
+    let rebuild = py.import("gradrs._core")?.getattr("_restore_value")?;
+    PyTuple::new(py, [rebuild, (data, grad, label).into_pyobject(py)?.into_any()])
+}
+
+/// `hash(v)`: the node's identity (two handles to one node hash alike).
+pub(crate) fn hash(id: NodeId) -> u64 {
+    (u64::from(id.gen) << 32) | u64::from(id.slot)
+}
+
+/// `v == other` and the other comparisons (`op` is CPython's `Py_EQ`...).
+///
+/// Values compare by identity, as micrograd's do (two handles to one node are equal); they have
+/// no order. While a trace runs, a Value may stand in for a number the caller passed, and a
+/// number compares by value: any comparison but identity is refused there.
+pub(crate) fn compare(
+    py: Python<'_>,
+    id: NodeId,
+    other: &Bound<'_, PyAny>,
+    op: c_int,
+) -> PyResult<Py<PyAny>> {
+    let same = node(other).map(|other| other == id);
+    let equality = match op {
+        ffi::Py_EQ => Some(true),
+        ffi::Py_NE => Some(false),
+        _ => None,
+    };
+    match (equality, same) {
+        (Some(eq), Some(true)) => Ok(PyBool::new(py, eq).to_owned().into_any().unbind()),
+        _ if tracing() => Err(traced_read("comparing a Value")),
+        (Some(eq), Some(false)) => Ok(PyBool::new(py, !eq).to_owned().into_any().unbind()),
+        _ => Ok(py.NotImplemented()),
+    }
+}
+
+/// `bool(v)`: always true, as for any Python object (micrograd's Value has no `__bool__`);
+/// refused while tracing, where the Value may stand in for a number whose truth depends on it.
+pub(crate) fn truth() -> PyResult<bool> {
+    refuse_while_tracing("the truth value of a Value (`if v:`)")?;
+    Ok(true)
+}
+
+/// `float(v)` is refused, as micrograd's Value has no `__float__`: read `v.data`.
+#[cold]
+pub(crate) fn float_refused() -> PyErr {
+    if let Err(err) = refuse_while_tracing("float() of a Value") {
+        return err;
+    }
+    PyTypeError::new_err(
+        "float() argument must be a string or a real number, not 'gradrs.Value'; read v.data for its number",
+    )
 }
 
 /// Rebuilds a pickled Value as a leaf.
