@@ -67,7 +67,14 @@ thread_local! {
 static THREADS_TRACING: AtomicUsize = AtomicUsize::new(0);
 
 fn tracing() -> bool {
-    THREADS_TRACING.load(Ordering::Relaxed) != 0 && TRACING.with(Cell::get)
+    THREADS_TRACING.load(Ordering::Relaxed) != 0 && this_thread_is_tracing()
+}
+
+// The thread-local reads are out of line: inlined, the compiler computed the thread-local's
+// address (a call into the dynamic loader) before the check that almost always skips it.
+#[inline(never)]
+fn this_thread_is_tracing() -> bool {
+    TRACING.with(Cell::get)
 }
 
 /// Refuses `what` on a thread that is tracing a function for `gradrs.compile`.
@@ -130,7 +137,12 @@ pub(crate) fn recording() -> PyResult<Recording> {
 }
 
 pub(crate) fn grad_enabled() -> bool {
-    THREADS_WITHOUT_GRAD.load(Ordering::Relaxed) == 0 || GRAD_ENABLED.with(Cell::get)
+    THREADS_WITHOUT_GRAD.load(Ordering::Relaxed) == 0 || this_thread_records()
+}
+
+#[inline(never)]
+fn this_thread_records() -> bool {
+    GRAD_ENABLED.with(Cell::get)
 }
 
 /// Applies `op` to `children` as a new node (or, under `no_grad`, makes just its value a new

@@ -82,16 +82,20 @@ pub(crate) fn node(obj: &Bound<'_, PyAny>) -> Option<NodeId> {
 /// Python's MemoryError set (and the reference released) if no object can be allocated.
 /// Runs no Python code.
 fn new_handle(id: NodeId) -> *mut ffi::PyObject {
-    // SAFETY: the type is ready (no Value op can run before the module made it); the generic
-    // allocator returns a zeroed object of the type's basic size with its header set (and the
-    // type's reference taken), so writing `id` completes it, and `weakrefs` is already null.
+    // SAFETY: the type is ready (no Value op can run before the module made it) and is not a
+    // GC type, so its objects come from CPython's object allocator; `PyObject_Init` sets the
+    // header (taking a reference to the type), and the two fields are written before the
+    // object is seen by anyone.
     unsafe {
-        let obj = ffi::PyType_GenericAlloc(value_type(), 0);
+        let obj = ffi::PyObject_Malloc(size_of::<ValueObject>()).cast::<ffi::PyObject>();
         if obj.is_null() {
             ARENA.release_soon(id);
-            return obj;
+            return ffi::PyErr_NoMemory();
         }
-        (*obj.cast::<ValueObject>()).id = id;
+        ffi::PyObject_Init(obj, value_type());
+        let value = obj.cast::<ValueObject>();
+        (*value).id = id;
+        (*value).weakrefs = ptr::null_mut();
         obj
     }
 }
