@@ -1,8 +1,9 @@
 //! numpy in bulk: many leaves from one array, and a parameter group whose data and
 //! gradients move to and from numpy in one call each (its optimiser steps are in `optim.rs`).
 
+use crate::shared_arena::ARENA;
 use gradrs_engine::optim::{Adam, Sgd};
-use gradrs_engine::{HeldGroup, NodeId, ARENA};
+use gradrs_engine::{HeldGroup, NodeId};
 use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

@@ -9,8 +9,9 @@
 
 use std::sync::OnceLock;
 
+use crate::shared_arena::ARENA;
 use gradrs_engine::program::{Output, Program, Reduce, ReplayError};
-use gradrs_engine::{HeldGroup, NodeId, Recording, ARENA};
+use gradrs_engine::{HeldGroup, NodeId, Recording};
 use numpy::ndarray::Dimension;
 use numpy::{PyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};

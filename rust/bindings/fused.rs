@@ -1,7 +1,8 @@
 //! `gradrs.sum`, `gradrs.dot` and `gradrs.logsumexp`: one node with n children instead of a chain of
 //! n binary nodes, so a neuron costs one Python call and one node.
 
-use gradrs_engine::{Op, ARENA};
+use crate::shared_arena::ARENA;
+use gradrs_engine::Op;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 

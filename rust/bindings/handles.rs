@@ -8,7 +8,8 @@
 use std::ffi::c_int;
 use std::sync::OnceLock;
 
-use gradrs_engine::{Arena, HeldGroup, NodeId, ARENA};
+use crate::shared_arena::ARENA;
+use gradrs_engine::{Arena, HeldGroup, NodeId};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;

@@ -3,7 +3,8 @@
 //! weights are read from the lists given, so a layer always computes with the Values
 //! its neurons hold at that moment.
 
-use gradrs_engine::{NodeId, Op, ARENA};
+use crate::shared_arena::ARENA;
+use gradrs_engine::{NodeId, Op};
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;

@@ -7,10 +7,11 @@ mod fused;
 mod handles;
 mod layers;
 mod optim;
+mod shared_arena;
 mod value;
 mod value_type;
 
-#[pyo3::pymodule(gil_used = false)]
+#[pyo3::pymodule(gil_used = true)]
 mod _core {
     use pyo3::prelude::*;
 
@@ -39,6 +40,17 @@ mod _core {
         // the middle of training. Found here instead, a failure is this import's exception, and
         // afterwards the lookup runs no Python code.
         let py = m.py();
+        // The arena's only lock is the GIL (shared_arena.rs). `gil_used = true` makes a
+        // free-threaded CPython turn the GIL on when importing this module, unless told not to
+        // (PYTHON_GIL=0): then refuse to load rather than race.
+        if let Ok(is_gil_enabled) = py.import("sys")?.getattr("_is_gil_enabled") {
+            if !is_gil_enabled.call0()?.is_truthy()? {
+                return Err(pyo3::exceptions::PyImportError::new_err(
+                    "gradrs needs the GIL, and this interpreter runs without it (PYTHON_GIL=0 or -X gil=0); \
+                     unset that to use gradrs",
+                ));
+            }
+        }
         numpy::get_array_module(py)?;
         drop(numpy::PyArray1::<f64>::zeros(py, 0, false));
         crate::value_type::add_to(m)?;

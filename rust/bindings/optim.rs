@@ -2,8 +2,9 @@
 //! parameters' data and gradients are read, updated by the engine's `optim` and written back
 //! under one lock, with the optimiser's state in numpy arrays the Python object keeps.
 
+use crate::shared_arena::ARENA;
 use gradrs_engine::optim::{Adam, Sgd};
-use gradrs_engine::{HeldGroup, ARENA};
+use gradrs_engine::HeldGroup;
 use numpy::PyReadwriteArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

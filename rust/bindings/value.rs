@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use std::ffi::c_int;
 
-use gradrs_engine::{Arena, EngineError, NodeId, Op, Recording, ARENA};
+use crate::shared_arena::ARENA;
+use gradrs_engine::{Arena, EngineError, NodeId, Op, Recording};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;

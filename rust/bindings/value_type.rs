@@ -25,7 +25,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use gradrs_engine::{NodeId, Op, ARENA};
+use crate::shared_arena::ARENA;
+use gradrs_engine::{NodeId, Op};
 use pyo3::exceptions::PyAttributeError;
 use pyo3::ffi;
 use pyo3::panic::PanicException;
@@ -253,7 +254,9 @@ unsafe fn borrowed<'py>(py: Python<'py>, obj: *mut ffi::PyObject) -> Bound<'py, 
 /// Applies `op` to `children` and returns the new Value: the whole of an eager op.
 #[inline(always)]
 fn apply(op: Op, children: &[NodeId]) -> PyResult<*mut ffi::PyObject> {
-    let id = value::apply_locked(&mut ARENA.lock(), op, children)?;
+    // SAFETY: every caller is a slot or method of Value's, which CPython calls attached.
+    let attached = unsafe { Python::assume_attached() };
+    let id = value::apply_locked(&mut ARENA.lock_attached(attached), op, children)?;
     Ok(new_handle(id))
 }
 
@@ -658,7 +661,9 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
         }
         let id = (*value).id;
         // Never waits for the arena's lock (a destructor may run while this thread holds it).
-        if panic::catch_unwind(|| ARENA.release_soon(id)).is_err() {
+        // A deallocator runs attached to the interpreter.
+        let attached = Python::assume_attached();
+        if panic::catch_unwind(|| ARENA.release_soon_attached(attached, id)).is_err() {
             guarded(|py| -> PyResult<c_int> {
                 PanicException::new_err("releasing a Value's node panicked").write_unraisable(py, None);
                 Ok(0)

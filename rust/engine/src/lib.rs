@@ -3,7 +3,8 @@
 //! It knows nothing of Python. `op` is the calculus (one table of forward rules
 //! and local derivatives), `arena` stores nodes and back-propagates through
 //! them, `optim` updates parameter groups, `program` records a graph once and
-//! replays it, and `shared` is the process-wide arena the Python binding uses.
+//! replays it, and `shared` lends an arena to one user at a time (the Python binding keeps
+//! its process-wide arena in one, under the GIL).
 
 pub mod arena;
 pub mod op;
@@ -13,4 +14,4 @@ pub mod shared;
 
 pub use arena::{Arena, BackwardPass, EngineError, HeldGroup, NodeId, NodeView, Recording, Traversal};
 pub use op::Op;
-pub use shared::{SharedArena, ARENA};
+pub use shared::{ArenaCell, ArenaGuard};

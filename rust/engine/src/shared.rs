@@ -1,86 +1,115 @@
-//! The process-wide arena shared by every thread, and the rule that keeps
-//! destructors from ever waiting on it.
+//! An arena shared by every user on one thread at a time, and the rule that keeps destructors
+//! from ever waiting on it.
 //!
-//! Python runs a handle's destructor wherever its last reference disappears: on
-//! any thread, in the middle of an allocation, inside the cyclic garbage
-//! collector. A destructor that blocked on the arena's lock could deadlock with
-//! the code it interrupted, so [`SharedArena::release_soon`] only ever *tries*
-//! the lock and otherwise queues the release; the queue is drained by whoever
-//! takes the lock next.
+//! The exclusion between threads is the owner's: the Python binding keeps its one arena under
+//! Python's GIL, which every caller already holds (a lock of its own cost two locked
+//! instructions per op, about a quarter of an eager op). What remains here is reentrancy on one
+//! thread. Python runs a handle's destructor wherever its last reference disappears, including
+//! in the middle of code that is using the arena; so [`ArenaCell::release_soon`] never needs
+//! the arena: while it is in use, the release is queued, and whoever takes the arena next
+//! applies the queue first.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::ops::{Deref, DerefMut};
 
 use crate::arena::{Arena, NodeId};
 
-pub struct SharedArena {
-    arena: Mutex<Arena>,
-    pending: Mutex<Vec<NodeId>>,
-    has_pending: AtomicBool,
+/// An [`Arena`] lent out to one user at a time, with a queue of releases made while it was lent.
+pub struct ArenaCell {
+    arena: UnsafeCell<Arena>,
+    in_use: Cell<bool>,
+    pending: RefCell<Vec<NodeId>>,
 }
 
-/// The one arena every `Value` in the process lives in.
-pub static ARENA: SharedArena = SharedArena::new();
+/// The arena, lent by [`ArenaCell::lock`] until this guard is dropped.
+pub struct ArenaGuard<'a> {
+    cell: &'a ArenaCell,
+}
 
-impl SharedArena {
+impl ArenaCell {
     pub const fn new() -> Self {
-        SharedArena {
-            arena: Mutex::new(Arena::new()),
-            pending: Mutex::new(Vec::new()),
-            has_pending: AtomicBool::new(false),
+        ArenaCell {
+            arena: UnsafeCell::new(Arena::new()),
+            in_use: Cell::new(false),
+            pending: RefCell::new(Vec::new()),
         }
     }
 
-    /// Locks the arena, first applying any releases queued by destructors.
-    /// Never call back into Python while holding the guard.
-    pub fn lock(&self) -> MutexGuard<'_, Arena> {
-        // A panic while locked would be a bug in the engine; the arena's
-        // invariants hold between operations, so the lock stays usable.
-        let mut arena = self.arena.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.has_pending.load(Ordering::Acquire) {
-            self.drain_into(&mut arena);
+    /// Lends the arena, first applying any releases queued while it was in use.
+    ///
+    /// # Panics
+    /// If the arena is already lent on this thread: code holding the guard must never run code
+    /// that takes it again (for the binding, never Python code).
+    #[inline]
+    pub fn lock(&self) -> ArenaGuard<'_> {
+        if self.in_use.replace(true) {
+            already_in_use();
         }
-        arena
+        let mut guard = ArenaGuard { cell: self };
+        if !self.pending.borrow().is_empty() {
+            self.drain_into(&mut guard);
+        }
+        guard
     }
 
-    /// Drops one reference to `id` without ever blocking on the arena's lock.
+    /// Drops one reference to `id` now, or, if the arena is in use, as soon as it is given back.
+    #[inline]
     pub fn release_soon(&self, id: NodeId) {
-        match self.arena.try_lock() {
-            Ok(mut arena) => {
-                arena.release(id);
-                if self.has_pending.load(Ordering::Acquire) {
-                    self.drain_into(&mut arena);
-                }
-            }
-            Err(_) => {
-                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                pending.push(id);
-                self.has_pending.store(true, Ordering::Release);
-            }
+        if self.in_use.get() {
+            self.pending.borrow_mut().push(id);
+        } else {
+            self.lock().release(id);
         }
     }
 
+    #[cold]
     fn drain_into(&self, arena: &mut Arena) {
-        let queued = {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            self.has_pending.store(false, Ordering::Release);
-            std::mem::take(&mut *pending)
-        };
+        // Taken out first: nothing below can queue more (releasing runs no destructor).
+        let queued = std::mem::take(&mut *self.pending.borrow_mut());
         for id in queued {
             arena.release(id);
         }
     }
 
-    /// Releases queued by destructors that found the lock taken and have not
-    /// been applied yet.
+    /// Releases queued while the arena was in use and not applied yet.
     pub fn pending_releases(&self) -> usize {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.pending.borrow().len()
     }
 }
 
-impl Default for SharedArena {
+impl Default for ArenaCell {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn already_in_use() -> ! {
+    panic!("the arena was taken while already in use on this thread (a bug in gradrs)")
+}
+
+impl Deref for ArenaGuard<'_> {
+    type Target = Arena;
+
+    fn deref(&self) -> &Arena {
+        // SAFETY: `in_use` was false when this guard was made and stays true until it drops, so
+        // it is the only guard (and the only reference to the arena) for its lifetime; the cell
+        // is `!Sync`, so no other thread can hold one either.
+        unsafe { &*self.cell.arena.get() }
+    }
+}
+
+impl DerefMut for ArenaGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Arena {
+        // SAFETY: as for `deref`, and `&mut self` makes this the only use of the guard.
+        unsafe { &mut *self.cell.arena.get() }
+    }
+}
+
+impl Drop for ArenaGuard<'_> {
+    fn drop(&mut self) {
+        self.cell.in_use.set(false);
     }
 }
 
@@ -89,16 +118,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_release_while_locked_is_queued_then_applied() {
-        let shared = SharedArena::new();
-        let id = shared.lock().leaf(1.0).unwrap();
+    fn a_release_while_in_use_is_queued_then_applied() {
+        let cell = ArenaCell::new();
+        let id = cell.lock().leaf(1.0).unwrap();
         {
-            let guard = shared.lock();
-            shared.release_soon(id); // the lock is held: must not block
+            let guard = cell.lock();
+            cell.release_soon(id); // in use: queued, not applied
             assert_eq!(guard.live_nodes(), 1);
-            assert_eq!(shared.pending_releases(), 1);
+            assert_eq!(cell.pending_releases(), 1);
         }
-        assert_eq!(shared.lock().live_nodes(), 0);
-        assert_eq!(shared.pending_releases(), 0);
+        assert_eq!(cell.lock().live_nodes(), 0);
+        assert_eq!(cell.pending_releases(), 0);
+    }
+
+    #[test]
+    fn a_release_while_free_is_applied_at_once() {
+        let cell = ArenaCell::new();
+        let id = cell.lock().leaf(1.0).unwrap();
+        cell.release_soon(id);
+        assert_eq!(cell.pending_releases(), 0);
+        assert_eq!(cell.lock().live_nodes(), 0);
+    }
+
+    #[test]
+    fn locking_the_arena_twice_panics_and_the_first_guard_still_gives_it_back() {
+        let cell = ArenaCell::new();
+        let guard = cell.lock();
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(cell.lock())));
+        assert!(again.is_err());
+        drop(guard);
+        assert_eq!(cell.lock().live_nodes(), 0);
     }
 }
