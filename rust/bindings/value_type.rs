@@ -660,8 +660,8 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
             ffi::PyObject_ClearWeakRefs(obj);
         }
         let id = (*value).id;
-        // Never waits for the arena's lock (a destructor may run while this thread holds it).
-        // A deallocator runs attached to the interpreter.
+        // Never waits for the arena: a destructor may run while this thread is using it, and
+        // then the release is queued. A deallocator runs attached to the interpreter.
         let attached = Python::assume_attached();
         if panic::catch_unwind(|| ARENA.release_soon_attached(attached, id)).is_err() {
             guarded(|py| -> PyResult<c_int> {
