@@ -89,4 +89,5 @@ def pytest_terminal_summary(terminalreporter):
     if SPEEDUPS:
         terminalreporter.section("speedups over micrograd measured in this run")
         for name, ratio in SPEEDUPS.items():
-            terminalreporter.write_line(f"{name}: {ratio:.0f}x")
+            shown = f"{ratio:.0f}" if ratio >= 10 else f"{ratio:.2f}"
+            terminalreporter.write_line(f"{name}: {shown}x")

@@ -302,7 +302,8 @@ pub(crate) fn new(args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>)
     };
     let id = new_leaf(data)?;
     if label.is_some() {
-        if let Err(err) = ARENA.lock().set_label(id, label) {
+        let labelled = ARENA.lock().set_label(id, label);
+        if let Err(err) = labelled {
             ARENA.release_soon(id);
             return Err(engine_error(err));
         }
