@@ -1,7 +1,6 @@
 //! numpy in bulk: many leaves from one array, and a parameter group whose data and
 //! gradients move to and from numpy in one call each (its optimiser steps are in `optim.rs`).
 
-use crate::shared_arena::ARENA;
 use gradrs_engine::optim::{Adam, Sgd};
 use gradrs_engine::{HeldGroup, NodeId};
 use numpy::{PyArray1, PyReadonlyArray1, PyReadwriteArray1};
@@ -11,6 +10,7 @@ use pyo3::types::PyList;
 
 use crate::handles::{as_plain_list, handles_of, let_go, list_of, read_list, release_all, Held};
 use crate::optim;
+use crate::shared_arena::ARENA;
 use crate::value::{engine_error, refuse_while_tracing};
 use crate::value_type::value_type;
 

@@ -9,7 +9,6 @@
 
 use std::sync::OnceLock;
 
-use crate::shared_arena::ARENA;
 use gradrs_engine::program::{Output, Program, Reduce, ReplayError};
 use gradrs_engine::{HeldGroup, NodeId, Recording};
 use numpy::ndarray::Dimension;
@@ -19,6 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use crate::handles::{handles_of, let_go, list_of, release_all, Held};
+use crate::shared_arena::ARENA;
 use crate::value::{engine_error, recording};
 
 #[pyclass(name = "_Program", module = "gradrs", frozen)]

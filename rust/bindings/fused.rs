@@ -1,12 +1,12 @@
 //! `gradrs.sum`, `gradrs.dot` and `gradrs.logsumexp`: one node with n children instead of a chain of
 //! n binary nodes, so a neuron costs one Python call and one node.
 
-use crate::shared_arena::ARENA;
 use gradrs_engine::Op;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::handles::{release_all, resolve, Held, Operand};
+use crate::shared_arena::ARENA;
 use crate::value::{apply_locked, wrap};
 
 /// Records `op` over `operands` under one lock, turning numbers into leaves held

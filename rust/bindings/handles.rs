@@ -8,13 +8,13 @@
 use std::ffi::c_int;
 use std::sync::OnceLock;
 
-use crate::shared_arena::ARENA;
 use gradrs_engine::{Arena, HeldGroup, NodeId};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyList, PyTuple};
 
+use crate::shared_arena::ARENA;
 use crate::value::{engine_error, wrap};
 use crate::value_type::{node, node_unchecked, value_type};
 

@@ -3,7 +3,6 @@
 //! weights are read from the lists given, so a layer always computes with the Values
 //! its neurons hold at that moment.
 
-use crate::shared_arena::ARENA;
 use gradrs_engine::{NodeId, Op};
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
@@ -13,6 +12,7 @@ use pyo3::types::{PyList, PyString};
 use crate::handles::{
     as_plain_list, list_of, node_of, read_list, release_all, resolve, tuple_of, wrong_item, Held,
 };
+use crate::shared_arena::ARENA;
 use crate::value::{engine_error, recording};
 use crate::value_type::value_type;
 

@@ -35,10 +35,6 @@ mod _core {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        // rust-numpy finds NumPy's C API on first use and panics if that fails; finding it runs
-        // Python code (NumPy's version check), so a Ctrl-C arriving then became a Rust panic in
-        // the middle of training. Found here instead, a failure is this import's exception, and
-        // afterwards the lookup runs no Python code.
         let py = m.py();
         // The arena's only lock is the GIL (shared_arena.rs). `gil_used = true` makes a
         // free-threaded CPython turn the GIL on when importing this module, unless told not to
@@ -51,6 +47,10 @@ mod _core {
                 ));
             }
         }
+        // rust-numpy finds NumPy's C API on first use and panics if that fails; finding it runs
+        // Python code (NumPy's version check), so a Ctrl-C arriving then became a Rust panic in
+        // the middle of training. Found here instead, a failure is this import's exception, and
+        // afterwards the lookup runs no Python code.
         numpy::get_array_module(py)?;
         drop(numpy::PyArray1::<f64>::zeros(py, 0, false));
         crate::value_type::add_to(m)?;

@@ -2,7 +2,6 @@
 //! parameters' data and gradients are read, updated by the engine's `optim` and written back
 //! under one lock, with the optimiser's state in numpy arrays the Python object keeps.
 
-use crate::shared_arena::ARENA;
 use gradrs_engine::optim::{Adam, Sgd};
 use gradrs_engine::HeldGroup;
 use numpy::PyReadwriteArray1;
@@ -10,6 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::arrays::check_len;
+use crate::shared_arena::ARENA;
 use crate::value::{engine_error, refuse_while_tracing};
 
 /// One `torch.optim.SGD` step over `params`; `velocity` is updated in place.

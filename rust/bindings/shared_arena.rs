@@ -1,10 +1,10 @@
 //! The one arena every Value in the process lives in, kept under Python's GIL.
 //!
 //! Every use of the arena comes from Python (an op, a destructor, a method) on a thread that
-//! holds the GIL, so the GIL is its lock. A lock of its own cost two locked instructions per
-//! eager op (taking the arena to make the node, and again to release it when the Value goes),
-//! each waiting for the processor's store buffer to drain: 64 against 46 ns per op on the
-//! benchmark's 100,000-op graph. `ArenaCell` keeps what a destructor running in the middle of
+//! holds the GIL, so the GIL is its lock. A `Mutex` of its own cost four locked instructions per
+//! eager op (taking and giving back the arena to make the node, and again to release the
+//! temporary the op replaced), each waiting for the processor's store buffer to drain: 64
+//! against 46 to 49 ns per op on the benchmark's 100,000-op graph. `ArenaCell` keeps what a destructor running in the middle of
 //! an op needs (a queue of releases); [`ARENA`] checks on every use that the caller holds the GIL.
 
 use std::ffi::c_int;
@@ -16,12 +16,13 @@ pub(crate) struct GilArena(ArenaCell);
 
 // SAFETY: `ArenaCell` is not `Sync` because two threads using it at once would race. Every use
 // of the one `GilArena` goes through `lock` or `release_soon`, which first check that the
-// calling thread holds the GIL, or their `_attached` forms, whose caller proves it is attached
-// to the interpreter (holds a `Python` token), which means holding the GIL; only one thread holds it at a time (the module is built for
-// the stable ABI, which no free-threaded CPython loads, and declares `gil_used = true`, so an
-// interpreter that could run without the GIL turns it on when importing it). The GIL cannot
-// pass to another thread while the arena is lent: code holding an `ArenaGuard` runs no Python
-// code and calls nothing that lets the GIL go.
+// calling thread holds the GIL, or through their `_attached` forms, whose caller proves it is
+// attached to the interpreter (holds a `Python` token), which means holding the GIL. Only one
+// thread holds the GIL at a time: the module is built for the stable ABI, which no
+// free-threaded CPython loads, and declares `gil_used = true`, so an interpreter that could run
+// without the GIL turns it on when importing it (and `_core` refuses to load if it was forced
+// off). The GIL cannot pass to another thread while the arena is lent: code holding an
+// `ArenaGuard` runs no Python code and calls nothing that lets the GIL go.
 unsafe impl Sync for GilArena {}
 
 /// The process-wide arena.

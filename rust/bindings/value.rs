@@ -1,17 +1,15 @@
 //! `gradrs.Value`: a Python handle to one node of the shared arena. This file says what each
 //! of its methods does; `value_type.rs` is how CPython calls them.
 //!
-//! Every method converts its arguments, takes the arena's lock for pure-Rust work
-//! only, and builds Python objects after letting go of it (a Python allocation can
-//! run the garbage collector, which runs destructors, which must not find the lock
-//! held by their own thread).
+//! Every method converts its arguments, takes the arena for pure-Rust work only, and builds
+//! Python objects after giving it back: a Python allocation can run the garbage collector, and
+//! so any Python code, which must never run while the arena is in use (the GIL, its lock,
+//! could pass to another thread).
 
 use std::cell::Cell;
+use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use std::ffi::c_int;
-
-use crate::shared_arena::ARENA;
 use gradrs_engine::{Arena, EngineError, NodeId, Op, Recording};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -22,6 +20,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PySet, PyTuple};
 pub(crate) use gradrs_engine::op::SOFTPLUS_THRESHOLD;
 
 use crate::handles::{not_an_operand, operand, real_number, Operand};
+use crate::shared_arena::ARENA;
 use crate::value_type::node;
 pub(crate) use crate::value_type::wrap;
 
@@ -147,7 +146,8 @@ fn this_thread_records() -> bool {
 }
 
 /// Applies `op` to `children` as a new node (or, under `no_grad`, makes just its value a new
-/// leaf) and returns the handle. The one path every op takes.
+/// leaf) and returns the handle. Every op goes through `apply_locked`: here, or in the fast
+/// path of Value's own slots (`value_type.rs`).
 pub(crate) fn apply(py: Python<'_>, op: Op, children: &[NodeId]) -> PyResult<Py<PyAny>> {
     let id = apply_locked(&mut ARENA.lock(), op, children)?;
     wrap(py, id)
@@ -179,7 +179,7 @@ fn canonical_handle(py: Python<'_>, id: NodeId) -> PyResult<Py<PyAny>> {
                 .unbind())
         })?
         .bind(py);
-    let key = (u64::from(id.gen) << 32) | u64::from(id.slot);
+    let key = hash(id);
     let found = cache.call_method1("get", (key,))?;
     if !found.is_none() {
         return Ok(found.unbind());

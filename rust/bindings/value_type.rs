@@ -25,7 +25,6 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::shared_arena::ARENA;
 use gradrs_engine::{NodeId, Op};
 use pyo3::exceptions::PyAttributeError;
 use pyo3::ffi;
@@ -33,6 +32,7 @@ use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use crate::shared_arena::ARENA;
 use crate::value::{self, Arithmetic};
 
 /// A Value object: the object header, the node it holds one reference to, and the list of
