@@ -177,3 +177,16 @@ def test_values_made_and_dropped_in_a_loop_give_back_every_node():
         y.backward()
     del x, y
     assert gradrs._core._live_nodes() == before
+
+
+def test_the_memory_of_freed_values_is_reused_without_their_past():
+    # A freed Value's memory is kept for the next one: nothing of the old Value may show.
+    refs = [weakref.ref(Value(float(i))) for i in range(200)]
+    assert all(r() is None for r in refs)
+    fresh = [Value(float(i), f"v{i}") for i in range(200)]
+    assert [(v.data, v.grad, v.label, v._op) for v in fresh] == [
+        (float(i), 0.0, f"v{i}", "") for i in range(200)
+    ]
+    assert all(r() is None for r in refs)
+    assert all(weakref.ref(v)() is v for v in fresh)
+    assert len({id(v) for v in fresh}) == 200

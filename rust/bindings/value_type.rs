@@ -14,11 +14,13 @@
 //! - every other entry point runs its body (in `value.rs`) through [`guarded`], attached
 //!   through PyO3 as a `#[pymethods]` body would be;
 //! - a Value is a plain (non-GC) object: it refers to no Python object, so it can never be in
-//!   a reference cycle, and it is allocated and freed by CPython's object allocator directly.
+//!   a reference cycle; its memory comes from CPython's object allocator, and the memory of
+//!   the last few freed Values is kept for the next ones.
 //!
 //! No panic crosses into the interpreter: both wrappers turn one into a `PanicException`.
 
 use std::any::Any;
+use std::cell::{Cell, UnsafeCell};
 use std::ffi::{c_int, c_void, CStr};
 use std::mem::offset_of;
 use std::panic::{self, AssertUnwindSafe};
@@ -82,28 +84,79 @@ pub(crate) fn node(obj: &Bound<'_, PyAny>) -> Option<NodeId> {
 /// A new Value for `id`, which already holds the reference the Value takes over; null with
 /// Python's MemoryError set (and the reference released) if no object can be allocated.
 /// Runs no Python code.
-fn new_handle(id: NodeId) -> *mut ffi::PyObject {
-    // SAFETY: the type is ready (no Value op can run before the module made it) and is not a
-    // GC type, so its objects come from CPython's object allocator; `PyObject_Init` sets the
-    // header (taking a reference to the type), and the two fields are written before the
-    // object is seen by anyone.
+fn new_handle(attached: Python<'_>, id: NodeId) -> *mut ffi::PyObject {
+    let obj = match SPARE_VALUES.take(attached) {
+        Some(obj) => obj,
+        // SAFETY: a Value is not a GC type, so its objects come from CPython's object allocator.
+        None => unsafe { ffi::PyObject_Malloc(size_of::<ValueObject>()).cast::<ffi::PyObject>() },
+    };
+    if obj.is_null() {
+        ARENA.release_soon_attached(attached, id);
+        // SAFETY: attached, as the caller proves.
+        return unsafe { ffi::PyErr_NoMemory() };
+    }
+    // SAFETY: `obj` is a block of a Value's size from the object allocator that no object
+    // occupies; the type is ready (no Value op can run before the module made it).
+    // `PyObject_Init` sets the header (taking a reference to the type), and the two fields are
+    // written before the object is seen by anyone.
     unsafe {
-        let obj = ffi::PyObject_Malloc(size_of::<ValueObject>()).cast::<ffi::PyObject>();
-        if obj.is_null() {
-            ARENA.release_soon(id);
-            return ffi::PyErr_NoMemory();
-        }
         ffi::PyObject_Init(obj, value_type());
         let value = obj.cast::<ValueObject>();
         (*value).id = id;
         (*value).weakrefs = ptr::null_mut();
-        obj
+    }
+    obj
+}
+
+/// How many freed Values' memory is kept for the next ones.
+const SPARES: usize = 64;
+
+/// The memory of recently freed Values, kept for the next ones as CPython keeps freed floats'
+/// (an op's temporary, `(a * b).tanh()`'s product, is freed as the next op makes its result):
+/// making and freeing a Value then skips the object allocator.
+struct SpareValues {
+    blocks: UnsafeCell<[*mut ffi::PyObject; SPARES]>,
+    count: Cell<usize>,
+}
+
+// SAFETY: used only through `take` and `keep`, whose callers prove they are attached to the
+// interpreter, which with the GIL always on (see shared_arena.rs) means holding the GIL: one
+// thread at a time, and neither runs any Python code in between.
+unsafe impl Sync for SpareValues {}
+
+static SPARE_VALUES: SpareValues = SpareValues {
+    blocks: UnsafeCell::new([ptr::null_mut(); SPARES]),
+    count: Cell::new(0),
+};
+
+impl SpareValues {
+    #[inline]
+    fn take(&self, _attached: Python<'_>) -> Option<*mut ffi::PyObject> {
+        let count = self.count.get().checked_sub(1)?;
+        self.count.set(count);
+        // SAFETY: blocks below `count` hold kept blocks; no other reference to the array exists
+        // while this runs (see the `Sync` impl).
+        Some(unsafe { (*self.blocks.get())[count] })
+    }
+
+    /// Keeps `block` (a freed Value's memory), or gives it back to the allocator when full.
+    #[inline]
+    fn keep(&self, _attached: Python<'_>, block: *mut ffi::PyObject) {
+        let count = self.count.get();
+        if count == SPARES {
+            // SAFETY: `block` came from PyObject_Malloc and nothing refers to it any more.
+            unsafe { ffi::PyObject_Free(block.cast()) };
+            return;
+        }
+        // SAFETY: as in `take`.
+        unsafe { (*self.blocks.get())[count] = block };
+        self.count.set(count + 1);
     }
 }
 
 /// A new Value for a node that already holds one reference for it.
 pub(crate) fn wrap(py: Python<'_>, id: NodeId) -> PyResult<Py<PyAny>> {
-    let obj = new_handle(id);
+    let obj = new_handle(py, id);
     // SAFETY: `obj` is a new reference, or null with an error set.
     unsafe { Bound::from_owned_ptr_or_err(py, obj) }.map(Bound::unbind)
 }
@@ -257,7 +310,7 @@ fn apply(op: Op, children: &[NodeId]) -> PyResult<*mut ffi::PyObject> {
     // SAFETY: every caller is a slot or method of Value's, which CPython calls attached.
     let attached = unsafe { Python::assume_attached() };
     let id = value::apply_locked(&mut ARENA.lock_attached(attached), op, children)?;
-    Ok(new_handle(id))
+    Ok(new_handle(attached, id))
 }
 
 /// `obj`'s number if it is an exact float or int that fits one; None for anything else, which
@@ -646,7 +699,7 @@ unsafe extern "C" fn new(
             .map(|k| k.cast_into::<PyDict>())
             .transpose()?;
         let id = value::new(&args, kwargs.as_ref())?;
-        Ok(new_handle(id))
+        Ok(new_handle(py, id))
     })
 }
 
@@ -670,7 +723,7 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
             });
         }
         let value_type = ffi::Py_TYPE(obj);
-        ffi::PyObject_Free(obj.cast());
+        SPARE_VALUES.keep(attached, obj);
         ffi::Py_DECREF(value_type.cast());
     }
 }
