@@ -174,7 +174,7 @@ impl Arena {
     /// A node whose value and partial derivatives (one per child) were computed
     /// elsewhere, by a compiled call (`Kind::CompiledCall`: a recorded program replayed as one step).
     pub fn compiled_call(&mut self, value: f64, children: &[NodeId], partials: Vec<f64>) -> Result<NodeId> {
-        self.compiled_call_node(value, &HeldGroup::default(), children, partials)
+        self.compiled_call_over(value, &HeldGroup::default(), children, partials)
     }
 
     /// [`Arena::compiled_call`] with the nodes of `params` and then `others` for children: a
@@ -188,19 +188,7 @@ impl Arena {
         others: &[NodeId],
         partials: Vec<f64>,
     ) -> Result<NodeId> {
-        self.compiled_call_node(value, params, others, partials)
-    }
-
-    /// The one maker of compiled calls' nodes: the children are `held`'s nodes, unchecked, and
-    /// then `others`.
-    fn compiled_call_node(
-        &mut self,
-        value: f64,
-        held: &HeldGroup,
-        others: &[NodeId],
-        partials: Vec<f64>,
-    ) -> Result<NodeId> {
-        let n_children = held.len() + others.len();
+        let n_children = params.len() + others.len();
         if partials.len() != n_children {
             return Err(EngineError::LengthMismatch {
                 expected: n_children,
@@ -211,12 +199,12 @@ impl Arena {
             self.check(c)?;
         }
         self.reserve_node(true)?;
-        let list = self.list_of(held.ids(), others)?;
-        for c in held.ids().iter().chain(others) {
+        let list = self.list_of(params.ids(), others)?;
+        for c in params.ids().iter().chain(others) {
             self.slots[c.slot as usize].refs += 1;
         }
-        let others_below = self.earliest_below_all(&self.lists[list as usize][held.len()..]);
-        let earliest_below = match (held.earliest_below(), others_below) {
+        let others_below = self.earliest_below_all(&self.lists[list as usize][params.len()..]);
+        let earliest_below = match (params.earliest_below(), others_below) {
             (Some(a), Some(b)) => Some(self.earlier(a, b)),
             (one, None) | (None, one) => one,
         };
