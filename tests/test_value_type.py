@@ -190,3 +190,25 @@ def test_the_memory_of_freed_values_is_reused_without_their_past():
     assert all(r() is None for r in refs)
     assert all(weakref.ref(v)() is v for v in fresh)
     assert len({id(v) for v in fresh}) == 200
+
+
+@pytest.mark.parametrize("number", OPERANDS, ids=repr)
+def test_number_attributes_and_arguments_take_every_real_number(number):
+    # Floats and ints take a shorter path than other numbers: both must read them as float() does.
+    v = Value(number)
+    assert v.data == float(number)
+    v.data, v.grad = number, number
+    assert (v.data, v.grad) == (float(number), float(number))
+    assert Value(5.0).softplus(number).data == Value(5.0).softplus(float(number)).data
+
+
+@pytest.mark.parametrize("name", ["data", "grad"])
+def test_number_attributes_refuse_what_is_not_a_real_number(name):
+    v = Value(1.0)
+    with pytest.raises(TypeError, match=f"Value.{name} must be a real number"):
+        setattr(v, name, "x")
+    with pytest.raises(TypeError, match="not Value"):
+        setattr(v, name, Value(2.0))
+    with pytest.raises(OverflowError):
+        setattr(v, name, 10**400)
+    assert getattr(v, name) == (1.0 if name == "data" else 0.0)

@@ -15,7 +15,7 @@ use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError}
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFloat, PySet, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PySet, PyTuple};
 
 pub(crate) use gradrs_engine::op::SOFTPLUS_THRESHOLD;
 
@@ -159,9 +159,9 @@ pub(crate) fn apply_locked(arena: &mut Arena, op: Op, children: &[NodeId]) -> Py
     arena.apply_as(how, op, children).map_err(engine_error)
 }
 
-/// A new leaf holding `data`.
-pub(crate) fn new_leaf(data: f64) -> PyResult<NodeId> {
-    ARENA.lock().leaf(data).map_err(engine_error)
+/// A new leaf holding `data`: `Value(data)`.
+pub(crate) fn new_leaf(py: Python<'_>, data: f64) -> PyResult<NodeId> {
+    ARENA.lock_attached(py).leaf(data).map_err(engine_error)
 }
 
 /// The Python handles micrograd-style graph walkers see for children: one
@@ -279,7 +279,8 @@ pub(crate) fn new(args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>)
             args.len()
         )));
     }
-    let mut given: [Option<Bound<'_, PyAny>>; 2] = [args.get_item(0).ok(), args.get_item(1).ok()];
+    let positional = |i: usize| (i < args.len()).then(|| args.get_item(i)).transpose();
+    let mut given: [Option<Bound<'_, PyAny>>; 2] = [positional(0)?, positional(1)?];
     for (key, item) in kwargs.into_iter().flatten() {
         let key = key.extract::<String>()?;
         let Some(i) = NAMES.iter().position(|name| *name == key) else {
@@ -300,7 +301,7 @@ pub(crate) fn new(args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>)
         Some(label) => label.extract()?,
         None => None,
     };
-    let id = new_leaf(data)?;
+    let id = new_leaf(args.py(), data)?;
     if label.is_some() {
         let labelled = ARENA.lock().set_label(id, label);
         if let Err(err) = labelled {
@@ -311,31 +312,38 @@ pub(crate) fn new(args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>)
     Ok(id)
 }
 
+// The number attributes are read and written once per parameter per step by micrograd-style
+// training loops (`p.data += -lr * p.grad`), always from Value's own getters and setters, which
+// CPython calls attached: so the arena is taken without the GIL check.
+
 /// `v.data`.
-pub(crate) fn data(id: NodeId) -> PyResult<f64> {
+pub(crate) fn data(py: Python<'_>, id: NodeId) -> PyResult<f64> {
     refuse_while_tracing("reading .data")?;
-    ARENA.lock().data(id).map_err(engine_error)
+    ARENA.lock_attached(py).data(id).map_err(engine_error)
 }
 
-/// `v.data = value`.
-pub(crate) fn set_data(id: NodeId, value: &Bound<'_, PyAny>) -> PyResult<()> {
-    refuse_while_tracing("setting .data")?;
-    let value = real_number(value, "Value.data")?;
-    ARENA.lock().set_data(id, value).map_err(engine_error)
+/// `v.data = value`, for a number already read (`value_type` reads it, refusing anything but a
+/// real number, after refusing a trace as this does).
+pub(crate) fn set_data(py: Python<'_>, id: NodeId, value: f64) -> PyResult<()> {
+    refuse_while_tracing(SETTING_DATA)?;
+    ARENA.lock_attached(py).set_data(id, value).map_err(engine_error)
 }
+
+pub(crate) const SETTING_DATA: &str = "setting .data";
 
 /// `v.grad`.
-pub(crate) fn grad(id: NodeId) -> PyResult<f64> {
+pub(crate) fn grad(py: Python<'_>, id: NodeId) -> PyResult<f64> {
     refuse_while_tracing("reading .grad")?;
-    ARENA.lock().grad(id).map_err(engine_error)
+    ARENA.lock_attached(py).grad(id).map_err(engine_error)
 }
 
-/// `v.grad = value`.
-pub(crate) fn set_grad(id: NodeId, value: &Bound<'_, PyAny>) -> PyResult<()> {
-    refuse_while_tracing("setting .grad")?;
-    let value = real_number(value, "Value.grad")?;
-    ARENA.lock().set_grad(id, value).map_err(engine_error)
+/// `v.grad = value`, for a number already read (as for `set_data`).
+pub(crate) fn set_grad(py: Python<'_>, id: NodeId, value: f64) -> PyResult<()> {
+    refuse_while_tracing(SETTING_GRAD)?;
+    ARENA.lock_attached(py).set_grad(id, value).map_err(engine_error)
 }
+
+pub(crate) const SETTING_GRAD: &str = "setting .grad";
 
 /// `v.label` ('' when it has none).
 pub(crate) fn label(id: NodeId) -> PyResult<String> {
@@ -472,23 +480,21 @@ pub(crate) fn hash(id: NodeId) -> u64 {
 /// Values compare by identity, as micrograd's do (two handles to one node are equal); they have
 /// no order. While a trace runs, a Value may stand in for a number the caller passed, and a
 /// number compares by value: any comparison but identity is refused there.
-pub(crate) fn compare(
-    py: Python<'_>,
-    id: NodeId,
-    other: &Bound<'_, PyAny>,
-    op: c_int,
-) -> PyResult<Py<PyAny>> {
-    let same = node(other).map(|other| other == id);
+///
+/// `other` is the other operand's node when it is a Value; `None` in the result is
+/// `NotImplemented`.
+pub(crate) fn compare(id: NodeId, other: Option<NodeId>, op: c_int) -> PyResult<Option<bool>> {
+    let same = other.map(|other| other == id);
     let equality = match op {
         ffi::Py_EQ => Some(true),
         ffi::Py_NE => Some(false),
         _ => None,
     };
     match (equality, same) {
-        (Some(eq), Some(true)) => Ok(PyBool::new(py, eq).to_owned().into_any().unbind()),
+        (Some(eq), Some(true)) => Ok(Some(eq)),
         _ if tracing() => Err(traced_read("comparing a Value")),
-        (Some(eq), Some(false)) => Ok(PyBool::new(py, !eq).to_owned().into_any().unbind()),
-        _ => Ok(py.NotImplemented()),
+        (Some(eq), Some(false)) => Ok(Some(!eq)),
+        _ => Ok(None),
     }
 }
 

@@ -34,6 +34,7 @@ use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use crate::handles::real_number;
 use crate::shared_arena::ARENA;
 use crate::value::{self, Arithmetic};
 
@@ -268,12 +269,12 @@ fn guarded<T: Raised>(body: impl FnOnce(Python<'_>) -> PyResult<T>) -> T {
 }
 
 /// Runs a hot entry point's body, which touches only the arena and CPython's own functions
-/// (so it needs none of PyO3's per-call state) and returns a new reference or null with an
-/// error set. An error it returns, or a panic, is raised through [`guarded`].
+/// (so it needs none of PyO3's per-call state; `Python::attach` alone cost a fifth of a
+/// `v.data = x`). An error it returns, or a panic, is raised through [`guarded`].
 #[inline(always)]
-fn fast(body: impl FnOnce() -> PyResult<*mut ffi::PyObject>) -> *mut ffi::PyObject {
+fn fast<T: Raised>(body: impl FnOnce() -> PyResult<T>) -> T {
     match panic::catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(obj)) => obj,
+        Ok(Ok(result)) => result,
         Ok(Err(err)) => raise(err),
         Err(payload) => raise(panic_error(payload)),
     }
@@ -281,8 +282,16 @@ fn fast(body: impl FnOnce() -> PyResult<*mut ffi::PyObject>) -> *mut ffi::PyObje
 
 #[cold]
 #[inline(never)]
-fn raise(err: PyErr) -> *mut ffi::PyObject {
+fn raise<T: Raised>(err: PyErr) -> T {
     guarded(|_| Err(err))
+}
+
+/// A token for a hot entry point's body: CPython calls every slot, method and attribute of
+/// Value's (and its deallocator) attached to the interpreter.
+#[inline(always)]
+fn attached() -> Python<'static> {
+    // SAFETY: called only from Value's own slots, methods and attributes (see above).
+    unsafe { Python::assume_attached() }
 }
 
 #[cold]
@@ -307,8 +316,7 @@ unsafe fn borrowed<'py>(py: Python<'py>, obj: *mut ffi::PyObject) -> Bound<'py, 
 /// Applies `op` to `children` and returns the new Value: the whole of an eager op.
 #[inline(always)]
 fn apply(op: Op, children: &[NodeId]) -> PyResult<*mut ffi::PyObject> {
-    // SAFETY: every caller is a slot or method of Value's, which CPython calls attached.
-    let attached = unsafe { Python::assume_attached() };
+    let attached = attached();
     let id = value::apply_locked(&mut ARENA.lock_attached(attached), op, children)?;
     Ok(new_handle(attached, id))
 }
@@ -444,6 +452,19 @@ unsafe extern "C" fn softplus(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    if kwnames.is_null() {
+        // The usual calls, `v.softplus()` and `v.softplus(t)` with a float or int, as any op.
+        match nargs {
+            0 => return unary(slf, Op::Softplus(value::SOFTPLUS_THRESHOLD)),
+            // SAFETY: there is one positional argument.
+            1 => {
+                if let Some(threshold) = plain_number(unsafe { *args }) {
+                    return unary(slf, Op::Softplus(threshold));
+                }
+            }
+            _ => {}
+        }
+    }
     guarded(|py| {
         // SAFETY: a vectorcall passes `nargs` positional arguments, then one per keyword name.
         let threshold = unsafe { one_optional_argument(py, args, nargs, kwnames, "softplus", "threshold")? };
@@ -555,10 +576,13 @@ fn method_table() -> Vec<ffi::PyMethodDef> {
 /// The getter of a number attribute (`data`, `grad`): read straight from the arena, as often as
 /// a training loop reads them; errors (a traced read) go the safe way.
 #[inline(always)]
-fn number_attribute(slf: *mut ffi::PyObject, read: fn(NodeId) -> PyResult<f64>) -> *mut ffi::PyObject {
+fn number_attribute(
+    slf: *mut ffi::PyObject,
+    read: fn(Python<'_>, NodeId) -> PyResult<f64>,
+) -> *mut ffi::PyObject {
     // SAFETY: a getter's `self` is a Value; PyFloat_FromDouble returns a new reference or null
     // with MemoryError set.
-    fast(|| Ok(unsafe { ffi::PyFloat_FromDouble(read(this(slf))?) }))
+    fast(|| Ok(unsafe { ffi::PyFloat_FromDouble(read(attached(), this(slf))?) }))
 }
 
 unsafe extern "C" fn get_data(slf: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
@@ -573,28 +597,61 @@ unsafe extern "C" fn get_grad(slf: *mut ffi::PyObject, _: *mut c_void) -> *mut f
 fn setter(
     slf: *mut ffi::PyObject,
     new: *mut ffi::PyObject,
-    write: fn(NodeId, &Bound<'_, PyAny>) -> PyResult<()>,
+    write: impl FnOnce(Python<'_>, NodeId, &Bound<'_, PyAny>) -> PyResult<()>,
 ) -> c_int {
     guarded(|py| {
         if new.is_null() {
             return Err(PyAttributeError::new_err("property has no deleter"));
         }
         // SAFETY: `self` is a Value; `new` is the live object being assigned.
-        write(unsafe { this(slf) }, &unsafe { borrowed(py, new) })?;
+        write(py, unsafe { this(slf) }, &unsafe { borrowed(py, new) })?;
         Ok(0)
     })
 }
 
+/// What a number attribute's setter needs: its name in errors, what a trace refuses, the write.
+struct NumberSetter {
+    name: &'static str,
+    setting: &'static str,
+    write: fn(Python<'_>, NodeId, f64) -> PyResult<()>,
+}
+
+/// The setter of a number attribute: a float or int (`p.data += -lr * p.grad` in a training loop)
+/// is written straight to the arena; anything else is read, or refused, the safe way.
+#[inline(always)]
+fn number_setter(slf: *mut ffi::PyObject, new: *mut ffi::PyObject, how: &NumberSetter) -> c_int {
+    if !new.is_null() {
+        if let Some(number) = plain_number(new) {
+            // SAFETY: a setter's `self` is a Value.
+            return fast(|| (how.write)(attached(), unsafe { this(slf) }, number).map(|()| 0));
+        }
+    }
+    setter(slf, new, |py, id, new| {
+        value::refuse_while_tracing(how.setting)?;
+        (how.write)(py, id, real_number(new, how.name)?)
+    })
+}
+
 unsafe extern "C" fn set_data(slf: *mut ffi::PyObject, new: *mut ffi::PyObject, _: *mut c_void) -> c_int {
-    setter(slf, new, value::set_data)
+    const DATA: NumberSetter = NumberSetter {
+        name: "Value.data",
+        setting: value::SETTING_DATA,
+        write: value::set_data,
+    };
+    number_setter(slf, new, &DATA)
 }
 
 unsafe extern "C" fn set_grad(slf: *mut ffi::PyObject, new: *mut ffi::PyObject, _: *mut c_void) -> c_int {
-    setter(slf, new, value::set_grad)
+    const GRAD: NumberSetter = NumberSetter {
+        name: "Value.grad",
+        setting: value::SETTING_GRAD,
+        write: value::set_grad,
+    };
+    number_setter(slf, new, &GRAD)
 }
 
 unsafe extern "C" fn set_label(slf: *mut ffi::PyObject, new: *mut ffi::PyObject, _: *mut c_void) -> c_int {
-    setter(slf, new, |id, label| value::set_label(id, label.extract()?))
+    setter(slf, new, |_, id, label| value::set_label(id, label.extract()?))
 }
 
 /// A read-only attribute computed by `read`.
@@ -692,6 +749,21 @@ unsafe extern "C" fn new(
     args: *mut ffi::PyObject,
     kwargs: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    // The usual call, `Value(x)` with a float or int, makes the leaf straight away.
+    // SAFETY: `tp_new` gets a tuple of arguments and a dict of keywords or null; item 0 is read
+    // (borrowed, as the tuple holds it) only when the tuple has exactly one.
+    let data = unsafe {
+        let no_keywords = kwargs.is_null() || ffi::PyDict_Size(kwargs) == 0;
+        (no_keywords && ffi::PyTuple_Size(args) == 1)
+            .then(|| plain_number(ffi::PyTuple_GetItem(args, 0)))
+            .flatten()
+    };
+    if let Some(data) = data {
+        return fast(|| {
+            let attached = attached();
+            Ok(new_handle(attached, value::new_leaf(attached, data)?))
+        });
+    }
     guarded(|py| {
         // SAFETY: `tp_new` gets a tuple of arguments and a dict of keywords or null.
         let args = unsafe { Bound::from_borrowed_ptr(py, args) }.cast_into::<PyTuple>()?;
@@ -714,16 +786,15 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
         }
         let id = (*value).id;
         // Never waits for the arena: a destructor may run while this thread is using it, and
-        // then the release is queued. A deallocator runs attached to the interpreter.
-        let attached = Python::assume_attached();
-        if panic::catch_unwind(|| ARENA.release_soon_attached(attached, id)).is_err() {
+        // then the release is queued.
+        if panic::catch_unwind(|| ARENA.release_soon_attached(attached(), id)).is_err() {
             guarded(|py| -> PyResult<c_int> {
                 PanicException::new_err("releasing a Value's node panicked").write_unraisable(py, None);
                 Ok(0)
             });
         }
         let value_type = ffi::Py_TYPE(obj);
-        SPARE_VALUES.keep(attached, obj);
+        SPARE_VALUES.keep(attached(), obj);
         ffi::Py_DECREF(value_type.cast());
     }
 }
@@ -749,15 +820,22 @@ unsafe extern "C" fn richcompare(
     other: *mut ffi::PyObject,
     op: c_int,
 ) -> *mut ffi::PyObject {
-    guarded(|py| {
-        // SAFETY: `self` is a Value; `other` is the live object it is compared with.
-        let other = unsafe { borrowed(py, other) };
-        Ok(value::compare(py, unsafe { this(slf) }, &other, op)?.into_ptr())
+    // SAFETY: `self` is a Value; `other` is a live object, whose node is read only if it is one.
+    let other = is_value(other).then(|| unsafe { node_unchecked(other) });
+    fast(|| {
+        let answer = match value::compare(unsafe { this(slf) }, other, op)? {
+            // SAFETY: True, False and NotImplemented live as long as the interpreter; each is
+            // returned as a new reference, as a slot must.
+            Some(true) => unsafe { ffi::Py_True() },
+            Some(false) => unsafe { ffi::Py_False() },
+            None => unsafe { ffi::Py_NotImplemented() },
+        };
+        Ok(unsafe { ffi::Py_NewRef(answer) })
     })
 }
 
 unsafe extern "C" fn truth(_: *mut ffi::PyObject) -> c_int {
-    guarded(|_| value::truth().map(c_int::from))
+    fast(|| value::truth().map(c_int::from))
 }
 
 unsafe extern "C" fn to_float(_: *mut ffi::PyObject) -> *mut ffi::PyObject {
