@@ -7,10 +7,11 @@
 //! tuple) and the deallocation of a pyclass (always a GC type) cost about as much again, which
 //! kept the drop-in path far from what a minimal C extension costs per op. So:
 //!
-//! - the arithmetic slots, the unary methods and the `data`/`grad` getters go from the
-//!   interpreter to the arena and back through [`fast`], touching only the arena and CPython's
-//!   own functions, and hand anything unusual (a number of another type, an error) to the
-//!   same safe code every other entry point runs;
+//! - the arithmetic slots, the one-child methods and `softplus`, `Value(x)`, the `data`/`grad`
+//!   getters and setters, comparisons and truth go from the interpreter to the arena and back
+//!   through [`fast`], touching only the arena and CPython's own functions, and hand anything
+//!   unusual (a number of another type, an error) to the same safe code every other entry
+//!   point runs;
 //! - every other entry point runs its body (in `value.rs`) through [`guarded`], attached
 //!   through PyO3 as a `#[pymethods]` body would be;
 //! - a Value is a plain (non-GC) object: it refers to no Python object, so it can never be in
